@@ -1,0 +1,36 @@
+# One-word commands. `make test` is the test command CI runs; it installs what it needs.
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+MODEL_DIR   ?= models/current
+TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test lint train serve run bench compose-smoke clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/install.sh
+	VENV=$(VENV) TORCH_SPEC="$(TORCH_SPEC)" bash scripts/install.sh
+	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: install
+	$(MAKE) lint
+	$(PY) -m pytest
+
+train: install
+	$(PY) -m training --out $(MODEL_DIR)
+
+serve: install
+	MCSERVE_MODEL_DIR=$(MODEL_DIR) $(PY) -m service
+
+# Local path without Docker: install, train if no valid model yet, serve.
+run: install
+	$(PY) -m training --out $(MODEL_DIR) --skip-if-valid
+	MCSERVE_MODEL_DIR=$(MODEL_DIR) $(PY) -m service
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything the tests and the local path need: Debian packages (the real
+# Fashion-MNIST, Prometheus for promtool and live scrape tests, wrk for benchmarks)
+# and a virtual environment with torch and the project.
+set -euo pipefail
+VENV=${VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
+APT_PACKAGES="dataset-fashion-mnist prometheus wrk"
+
+missing=""
+for pkg in $APT_PACKAGES; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+  echo "install: apt packages:$missing"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
+fi
+
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# shellcheck disable=SC2086
+"$VENV/bin/python" -m pip install -q $TORCH_SPEC
+"$VENV/bin/python" -m pip install -q -e ".[train,dev]"
+echo "install: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

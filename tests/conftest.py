@@ -1,0 +1,30 @@
+"""Shared fixtures. Tests that need the real Fashion-MNIST fail loudly if it is missing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
+FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    """Directory holding the four original Fashion-MNIST .gz files (never skipped)."""
+    path = Path(os.environ.get("FASHION_MNIST_DIR", DEFAULT_DATA_DIR))
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        pytest.fail(
+            f"Fashion-MNIST not found in {path} (missing {missing}). "
+            "Run `make install` (installs Debian's dataset-fashion-mnist) or set FASHION_MNIST_DIR.",
+            pytrace=False,
+        )
+    return path
