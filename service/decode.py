@@ -1,0 +1,134 @@
+"""Turn request payloads into a float32 pixel tensor ``(B, 28, 28)`` on the dataset's 0-255 scale.
+
+Two input forms, exactly one per request:
+
+* ``images``: each image is a 28x28 nested list or a flat list of 784 numbers,
+  every value finite and within [0, 255] (JSON numbers only: no strings, no booleans);
+* ``images_png``: each item is a base64 PNG (standard alphabet, padding required).
+
+PNG policy: the file must be a PNG of at most ``max_png_bytes``; its header must
+declare exactly 28x28 pixels, checked *before* any pixel data is decompressed (no
+decompression bomb can allocate more); images are **not resized**. Modes 1, L,
+LA, P, PA, RGB and RGBA are converted to 8-bit grayscale with Pillow's
+``convert("L")`` (ITU-R 601-2 luma; alpha is dropped, not composited); 16-bit and
+other modes are rejected. Pixel values are used as-is: Fashion-MNIST is a light
+garment on a black background, so do not invert.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from mcnet import IMAGE_SIDE, PIXEL_MAX
+
+from .errors import DecodeError, InputError
+
+PIXELS = IMAGE_SIDE * IMAGE_SIDE
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"})
+_NUMBER = (int, float)
+
+
+def _flat_values(image: object, field: str) -> list[object]:
+    """The 784 values of one image in row-major order, or a 422 naming the shape problem."""
+    if not isinstance(image, list):
+        raise InputError(field, f"must be a list (28x28 nested or 784 flat), got {type(image).__name__}")
+    if len(image) == PIXELS and all(not isinstance(v, list) for v in image):
+        return image
+    if len(image) == IMAGE_SIDE and all(isinstance(row, list) for row in image):
+        for r, row in enumerate(image):
+            if len(row) != IMAGE_SIDE:
+                raise InputError(f"{field}[{r}]", f"row has {len(row)} values, expected {IMAGE_SIDE}")
+        return [v for row in image for v in row]
+    if image and isinstance(image[0], list):
+        raise InputError(field, f"wrong shape: {len(image)} rows, expected {IMAGE_SIDE} rows of {IMAGE_SIDE} values")
+    raise InputError(field, f"wrong shape: {len(image)} values, expected {PIXELS} (flat) or {IMAGE_SIDE}x{IMAGE_SIDE}")
+
+
+def _position(index: int) -> str:
+    return f"pixel {index} (row {index // IMAGE_SIDE}, column {index % IMAGE_SIDE})"
+
+
+def image_from_list(image: object, field: str) -> np.ndarray:
+    """Validate one list image and return it as a ``(28, 28)`` float32 array."""
+    values = _flat_values(image, field)
+    for i, v in enumerate(values):
+        if not isinstance(v, _NUMBER) or isinstance(v, bool):
+            raise InputError(field, f"{_position(i)} is {type(v).__name__}, expected a number")
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except OverflowError:
+        raise InputError(field, f"a value is outside the pixel range 0-{PIXEL_MAX:g}") from None
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(field, f"{_position(i)} is non-finite ({values[i]!r})")
+    out = (arr < 0.0) | (arr > PIXEL_MAX)
+    if out.any():
+        i = int(np.argmax(out))
+        raise InputError(field, f"{_position(i)} = {values[i]!r} is outside the pixel range 0-{PIXEL_MAX:g}")
+    return arr.astype(np.float32).reshape(IMAGE_SIDE, IMAGE_SIDE)
+
+
+def image_from_png(encoded: object, field: str, max_png_bytes: int) -> np.ndarray:
+    """Decode one base64 PNG under the module's PNG policy into a ``(28, 28)`` float32 array."""
+    if not isinstance(encoded, str):
+        raise InputError(field, f"must be a base64 string, got {type(encoded).__name__}")
+    if len(encoded) > 4 * math.ceil(max_png_bytes / 3) + 4:
+        raise InputError(field, f"encoded PNG is longer than the {max_png_bytes}-byte PNG limit allows")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise DecodeError(field, f"not valid base64 ({exc})") from None
+    if len(data) > max_png_bytes:
+        raise InputError(field, f"PNG is {len(data)} bytes, limit is {max_png_bytes}")
+    if not data.startswith(PNG_SIGNATURE):
+        raise DecodeError(field, "not a PNG file (bad signature)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+                if img.size != (IMAGE_SIDE, IMAGE_SIDE):
+                    w, h = img.size
+                    need = f"{IMAGE_SIDE}x{IMAGE_SIDE}"
+                    raise InputError(field, f"PNG is {w}x{h}; it must be exactly {need} (images are not resized)")
+                if img.mode not in PNG_MODES:
+                    raise InputError(field, f"PNG mode {img.mode!r} is not supported (8-bit gray/palette/RGB(A) only)")
+                gray = img.convert("L")
+                arr = np.asarray(gray, dtype=np.float32)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DecodeError(field, f"PNG cannot be decoded ({type(exc).__name__}: {exc})") from None
+    except Image.DecompressionBombWarning as exc:
+        raise DecodeError(field, f"PNG rejected as a decompression bomb ({exc})") from None
+    return arr.copy()
+
+
+def decode_batch(
+    images: Sequence[object] | None,
+    images_png: Sequence[object] | None,
+    max_batch: int,
+    max_png_bytes: int,
+) -> torch.Tensor:
+    """Validate a request's images and return a ``(B, 28, 28)`` float32 CPU tensor."""
+    if (images is None) == (images_png is None):
+        raise InputError("images", "give exactly one of 'images' (pixel lists) or 'images_png' (base64 PNGs)")
+    name, items = ("images", images) if images is not None else ("images_png", images_png)
+    assert items is not None
+    if len(items) == 0:
+        raise InputError(name, "batch is empty; send at least one image")
+    if len(items) > max_batch:
+        raise InputError(name, f"batch has {len(items)} images, the limit is {max_batch}")
+    if name == "images":
+        arrays = [image_from_list(item, f"images[{i}]") for i, item in enumerate(items)]
+    else:
+        arrays = [image_from_png(item, f"images_png[{i}]", max_png_bytes) for i, item in enumerate(items)]
+    return torch.from_numpy(np.stack(arrays))

@@ -1,0 +1,145 @@
+"""The model holder: device choice, artifact loading, warm-up and bounded off-loop execution."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio
+import torch
+
+from mcnet import ArtifactError, DropoutMLP, load_artifact
+
+from .inference import MCResult, mc_predict, predict_eval
+from .settings import Settings
+
+log = logging.getLogger("service")
+T = TypeVar("T")
+
+
+class DeviceError(RuntimeError):
+    """The configured device cannot be used; the message says what to do."""
+
+
+def resolve_device(spec: str) -> torch.device:
+    """Map ``auto | cpu | cuda | cuda:N`` to a usable device, or raise ``DeviceError``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"MCSERVE_DEVICE={spec} but no CUDA device is available on this machine "
+            "(torch.cuda.is_available() is False); set MCSERVE_DEVICE=cpu or auto"
+        )
+    device = torch.device(spec)
+    index = device.index or 0
+    if index >= torch.cuda.device_count():
+        raise DeviceError(
+            f"MCSERVE_DEVICE={spec} but only {torch.cuda.device_count()} CUDA device(s) exist; "
+            f"use cuda:0..cuda:{torch.cuda.device_count() - 1}"
+        )
+    return torch.device("cuda", index)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: DropoutMLP
+    manifest: dict[str, Any]
+    device: torch.device
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(c) for c in self.manifest["class_names"]]
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["uncertainty"]["threshold"])
+
+    @property
+    def ref(self) -> dict[str, str]:
+        m = self.manifest
+        return {"name": str(m["name"]), "version": str(m["version"]), "sha256": str(m["weights"]["sha256"])}
+
+
+class Engine:
+    """Loads the artifact once and runs inference in worker threads, at most ``max_concurrency`` at a time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._loaded: LoadedModel | None = None
+        self._lock = threading.Lock()
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded is not None
+
+    @property
+    def loaded(self) -> LoadedModel:
+        if self._loaded is None:
+            raise RuntimeError("model not loaded")
+        return self._loaded
+
+    def load(self) -> LoadedModel:
+        """Resolve the device, verify and load the artifact, warm up. Idempotent; raises on any problem."""
+        with self._lock:
+            if self._loaded is not None:
+                return self._loaded
+            if self.settings.torch_threads > 0:
+                torch.set_num_threads(self.settings.torch_threads)
+            device = resolve_device(self.settings.device)
+            start = time.perf_counter()
+            model, manifest = load_artifact(self.settings.model_dir, device)
+            if model.training:
+                raise ArtifactError(self.settings.model_dir, "loaded model is not in eval mode")
+            loaded = LoadedModel(model=model, manifest=manifest, device=device)
+            self._warm_up(loaded)
+            log.info(
+                "model %s version %s loaded on %s and warmed up in %.2fs",
+                manifest["name"], manifest["version"], device, time.perf_counter() - start,
+            )  # fmt: skip
+            self._loaded = loaded
+            return loaded
+
+    def unload(self) -> None:
+        with self._lock:
+            self._loaded = None
+
+    def _warm_up(self, loaded: LoadedModel) -> None:
+        x = torch.zeros(2, loaded.model.arch.input_dim, device=loaded.device)
+        predict_eval(loaded.model, x)
+        mc_predict(loaded.model, x, 4, self.generator(0, loaded.device), self.settings.mc_chunk_size)
+        if loaded.device.type == "cuda":
+            torch.cuda.synchronize(loaded.device)
+
+    @staticmethod
+    def generator(seed: int, device: torch.device) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(seed)
+
+    @staticmethod
+    def fresh_seed() -> int:
+        return secrets.randbits(63)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic probabilities on CPU, ``(B, C)``."""
+        loaded = self.loaded
+        return predict_eval(loaded.model, x.to(loaded.device)).cpu()
+
+    def predict_mc(self, x: torch.Tensor, n_samples: int, seed: int) -> MCResult:
+        """MC dropout summaries (on the model's device) with masks from a generator seeded with ``seed``."""
+        loaded = self.loaded
+        gen = self.generator(seed, loaded.device)
+        return mc_predict(loaded.model, x.to(loaded.device), n_samples, gen, self.settings.mc_chunk_size)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in a worker thread, never more than ``max_concurrency`` at once."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.settings.max_concurrency)
+        return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self._limiter)

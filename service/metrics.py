@@ -1,0 +1,132 @@
+"""Prometheus metrics on a caller-owned registry, and the ASGI middleware that records HTTP ones.
+
+Run one uvicorn worker per process/container (``MCSERVE_WORKERS`` only accepts 1):
+every metric lives in this process, so the scrape is complete and correct; scale
+with replicas and let Prometheus aggregate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+SAMPLE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+ENTROPY_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5)
+MI_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class Metrics:
+    """All of the service's metrics, registered on ``registry`` (never the global default)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "mcserve_http_requests", "HTTP requests by route template, method and status code",
+            ["route", "method", "status"], registry=registry,
+        )  # fmt: skip
+        self.request_latency = Histogram(
+            "mcserve_http_request_duration_seconds", "HTTP request latency by route template",
+            ["route"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.in_flight = Gauge("mcserve_http_requests_in_flight", "HTTP requests being served", registry=registry)
+        self.inference_latency = Histogram(
+            "mcserve_inference_duration_seconds", "Model time (decode excluded) per request by endpoint",
+            ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "mcserve_batch_size_images", "Images per inference request by endpoint",
+            ["endpoint"], buckets=BATCH_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.mc_samples = Histogram(
+            "mcserve_mc_samples", "Monte Carlo passes per uncertainty request",
+            buckets=SAMPLE_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.predictive_entropy = Histogram(
+            "mcserve_predictive_entropy_nats", "Predictive entropy per image (uncertainty endpoint)",
+            buckets=ENTROPY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.mutual_information = Histogram(
+            "mcserve_mutual_information_nats", "Mutual information per image (uncertainty endpoint)",
+            buckets=MI_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.predictions = Counter(
+            "mcserve_predictions", "Predicted images by endpoint and predicted class",
+            ["endpoint", "class_name"], registry=registry,
+        )  # fmt: skip
+        self.uncertain = Counter(
+            "mcserve_uncertain_predictions", "Images whose mutual information exceeded the threshold", registry=registry
+        )
+        self.model_info = Gauge(
+            "mcserve_model_info", "Loaded model (value 1) with its identity as labels",
+            ["name", "version", "sha256", "device"], registry=registry,
+        )  # fmt: skip
+        self.ready = Gauge("mcserve_model_ready", "1 when the model is loaded and warmed up", registry=registry)
+
+    def set_model(self, name: str, version: str, sha256: str, device: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name=name, version=version, sha256=sha256, device=device).set(1)
+        self.ready.set(1)
+
+    def record_predictions(self, endpoint: str, labels: Sequence[str]) -> None:
+        self.batch_size.labels(endpoint=endpoint).observe(len(labels))
+        for label in labels:
+            self.predictions.labels(endpoint=endpoint, class_name=label).inc()
+
+
+def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
+    """The matched route's path template (bounded label values), or ``unmatched``.
+
+    Used before routing has run (e.g. a 413 from the body limit); ``routes`` are plain routes with full paths.
+    """
+    partial = None
+    for route in routes:
+        if not isinstance(getattr(route, "path", None), str):
+            continue
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return str(getattr(route, "path", "unmatched"))
+        if match is Match.PARTIAL and partial is None:
+            partial = str(getattr(route, "path", "unmatched"))
+    return partial or "unmatched"
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by route template, method and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = route_template(self.routes, scope)
+        status = 500
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            matched = scope.get("route")  # set by the router when a route matched (full or method-only)
+            if matched is not None and isinstance(getattr(matched, "path", None), str):
+                route = matched.path
+            self.metrics.in_flight.dec()
+            self.metrics.request_latency.labels(route=route).observe(time.perf_counter() - start)
+            method = scope["method"] if scope["method"] in METHODS else "OTHER"
+            self.metrics.requests.labels(route=route, method=method, status=str(status)).inc()

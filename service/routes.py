@@ -1,0 +1,203 @@
+"""HTTP endpoints: thin glue between decoding, the engine and the metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .decode import decode_batch
+from .engine import Engine
+from .errors import InputError, NotReadyError, error_response
+from .metrics import Metrics
+from .schemas import ErrorResponse, PredictRequest, PredictResponse, Status, UncertaintyRequest, UncertaintyResponse
+
+router = APIRouter()
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "invalid JSON, base64 or PNG"},
+    413: {"model": ErrorResponse, "description": "body larger than MCSERVE_MAX_BODY_BYTES"},
+    422: {"model": ErrorResponse, "description": "a field is wrong; `field` names it"},
+    503: {"model": ErrorResponse, "description": "model not loaded yet"},
+}
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    if not engine.ready:
+        raise NotReadyError()
+    return engine
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+@router.post("/predict", response_model=PredictResponse, responses=_ERRORS, summary="Deterministic prediction")
+async def predict(body: PredictRequest, engine: EngineDep, metrics: MetricsDep) -> dict[str, Any]:
+    """Class probabilities with dropout off (eval mode): the same request always gets the same bytes."""
+    s = engine.settings
+
+    def work() -> tuple[list[list[float]], float]:
+        x = decode_batch(body.images, body.images_png, s.max_batch, s.max_png_bytes)
+        start = time.perf_counter()
+        probs = engine.predict(x)
+        return probs.tolist(), time.perf_counter() - start
+
+    probs, seconds = await engine.run(work)
+    loaded = engine.loaded
+    names = loaded.class_names
+    ids = [max(range(len(p)), key=p.__getitem__) for p in probs]
+    metrics.inference_latency.labels(endpoint="predict").observe(seconds)
+    metrics.record_predictions("predict", [names[i] for i in ids])
+    return {
+        "model": loaded.ref,
+        "predictions": [
+            {"class_id": i, "label": names[i], "probabilities": p} for i, p in zip(ids, probs, strict=True)
+        ],
+    }
+
+
+@router.post(
+    "/predict/uncertainty",
+    response_model=UncertaintyResponse,
+    responses=_ERRORS,
+    summary="Monte Carlo dropout prediction with uncertainty",
+)
+async def predict_uncertainty(body: UncertaintyRequest, engine: EngineDep, metrics: MetricsDep) -> dict[str, Any]:
+    """Mean, variance and entropies over ``n_samples`` dropout passes; ``seed`` makes it reproducible."""
+    s = engine.settings
+    n = s.default_samples if body.n_samples is None else body.n_samples
+    if not 1 <= n <= s.max_samples:
+        raise InputError("n_samples", f"{n} is out of range; it must be between 1 and {s.max_samples}")
+    count = len(body.images if body.images is not None else body.images_png or [])
+    if n * count > s.max_work:
+        raise InputError(
+            "n_samples",
+            f"n_samples x images = {n} x {count} = {n * count} exceeds the per-request work limit {s.max_work}; "
+            "send fewer images or fewer samples",
+        )
+    seed = engine.fresh_seed() if body.seed is None else body.seed
+
+    def work() -> tuple[dict[str, list[Any]], float]:
+        x = decode_batch(body.images, body.images_png, s.max_batch, s.max_png_bytes)
+        start = time.perf_counter()
+        r = engine.predict_mc(x, n, seed)
+        out = {
+            "mean": r.mean_probs.cpu().tolist(),
+            "variance": r.variance.cpu().tolist(),
+            "std": r.std.cpu().tolist(),
+            "pe": r.predictive_entropy.cpu().tolist(),
+            "ee": r.expected_entropy.cpu().tolist(),
+            "mi": r.mutual_information.cpu().tolist(),
+        }
+        return out, time.perf_counter() - start
+
+    out, seconds = await engine.run(work)
+    loaded = engine.loaded
+    names, threshold = loaded.class_names, loaded.threshold
+    predictions = []
+    for b, mean in enumerate(out["mean"]):
+        cid = max(range(len(mean)), key=mean.__getitem__)
+        mi = out["mi"][b]
+        predictions.append(
+            {
+                "class_id": cid,
+                "label": names[cid],
+                "mean_probabilities": mean,
+                "variance": out["variance"][b],
+                "std": out["std"][b],
+                "predictive_entropy": out["pe"][b],
+                "expected_entropy": out["ee"][b],
+                "mutual_information": mi,
+                "uncertain": mi > threshold,
+            }
+        )
+        metrics.predictive_entropy.observe(out["pe"][b])
+        metrics.mutual_information.observe(mi)
+        if mi > threshold:
+            metrics.uncertain.inc()
+    metrics.inference_latency.labels(endpoint="predict_uncertainty").observe(seconds)
+    metrics.mc_samples.observe(n)
+    metrics.record_predictions("predict_uncertainty", [p["label"] for p in predictions])
+    return {
+        "model": loaded.ref,
+        "n_samples": n,
+        "seed": seed,
+        "uncertainty_threshold": threshold,
+        "predictions": predictions,
+    }
+
+
+@router.get("/livez", response_model=Status, summary="Liveness: the process is up")
+async def livez() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@router.get(
+    "/readyz",
+    response_model=Status,
+    responses={503: {"model": ErrorResponse, "description": "model not loaded and warmed up yet"}},
+    summary="Readiness: 200 only after the model is loaded and warmed up",
+)
+async def readyz(request: Request) -> Any:
+    if not request.app.state.engine.ready:
+        return error_response(503, "not_ready", "the model is not loaded and warmed up yet")
+    return {"status": "ready"}
+
+
+_INFO_EXAMPLE = {
+    "model": {"name": "fashion-mnist-dropout-mlp", "version": "3f1c0a9b2d4e", "sha256": "3f1c…"},
+    "device": "cpu",
+    "class_names": ["T-shirt/top", "Trouser", "…"],
+    "uncertainty": {"metric": "mutual_information", "threshold": 0.1, "rule": "…"},
+    "metrics": {"test_accuracy": 0.85},
+    "limits": {"max_batch": 256, "default_samples": 100, "max_samples": 1000},
+}
+
+
+@router.get(
+    "/info",
+    responses={200: {"content": {"application/json": {"example": _INFO_EXAMPLE}}}, 503: _ERRORS[503]},
+    summary="Model identity, device, classes, headline metrics and limits",
+)
+async def info(engine: EngineDep) -> JSONResponse:
+    loaded, s = engine.loaded, engine.settings
+    m = loaded.manifest
+    return JSONResponse(
+        {
+            "model": loaded.ref,
+            "created_at": m.get("created_at"),
+            "device": str(loaded.device),
+            "class_names": loaded.class_names,
+            "architecture": m.get("architecture"),
+            "uncertainty": m.get("uncertainty"),
+            "metrics": m.get("metrics", {}),
+            "limits": {
+                "max_batch": s.max_batch,
+                "default_samples": s.default_samples,
+                "max_samples": s.max_samples,
+                "max_work": s.max_work,
+                "max_body_bytes": s.max_body_bytes,
+                "max_png_bytes": s.max_png_bytes,
+                "max_concurrency": s.max_concurrency,
+            },
+        }
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": "mcserve_http_requests_total{...} 3.0"}}}},
+    summary="Prometheus metrics of this process",
+)
+async def prometheus_metrics(metrics: MetricsDep) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,163 @@
+"""Request and response models; their examples feed the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+_PIXEL = {"type": "number", "minimum": 0, "maximum": 255}
+_IMAGE_SCHEMA = {
+    "anyOf": [
+        {"type": "array", "items": _PIXEL, "minItems": 784, "maxItems": 784, "title": "flat 784"},
+        {
+            "type": "array",
+            "items": {"type": "array", "items": _PIXEL, "minItems": 28, "maxItems": 28},
+            "minItems": 28,
+            "maxItems": 28,
+            "title": "28x28",
+        },
+    ]
+}
+# Shapes and values are checked by service.decode, which names the exact image and pixel at fault.
+Images = Annotated[list[Any], WithJsonSchema({"type": "array", "items": _IMAGE_SCHEMA, "minItems": 1})]
+_BLANK: Any = [0] * 784
+_PNG_EXAMPLE = "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAEElEQVR4nGNgGAWjYBQQAwADLAABPwpG8wAAAABJRU5ErkJggg=="
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"images": [_BLANK]}, {"images_png": [_PNG_EXAMPLE]}]},
+    )
+
+    images: Images | None = Field(
+        default=None, description="28x28 nested lists or flat lists of 784 grayscale values on the 0-255 scale"
+    )
+    images_png: list[str] | None = Field(
+        default=None, description="base64 PNGs, exactly 28x28 (not resized), converted to 8-bit grayscale"
+    )
+
+
+class UncertaintyRequest(PredictRequest):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"images": [_BLANK], "n_samples": 100, "seed": 42}]},
+    )
+
+    n_samples: int | None = Field(
+        default=None, description="Monte Carlo passes, 1..MCSERVE_MAX_SAMPLES (default MCSERVE_DEFAULT_SAMPLES)"
+    )
+    seed: int | None = Field(
+        default=None, ge=0, lt=2**63, description="dropout-mask seed; same seed + same input -> same response"
+    )
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    sha256: str
+
+
+class Prediction(BaseModel):
+    class_id: int
+    label: str
+    probabilities: list[float]
+
+
+class PredictResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"name": "fashion-mnist-dropout-mlp", "version": "3f1c0a9b2d4e", "sha256": "3f1c…"},
+                    "predictions": [
+                        {
+                            "class_id": 9,
+                            "label": "Ankle boot",
+                            "probabilities": [0.0, 0.0, 0.0, 0.0, 0.0, 0.01, 0.0, 0.02, 0.0, 0.97],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    model: ModelRef
+    predictions: list[Prediction]
+
+
+class UncertainPrediction(BaseModel):
+    class_id: int = Field(description="argmax of mean_probabilities")
+    label: str
+    mean_probabilities: list[float]
+    variance: list[float] = Field(description="per-class variance of the probabilities across passes (divide by T)")
+    std: list[float]
+    predictive_entropy: float = Field(description="entropy of the mean prediction, nats")
+    expected_entropy: float = Field(description="mean entropy of the individual passes, nats")
+    mutual_information: float = Field(description="predictive_entropy - expected_entropy (epistemic), nats")
+    uncertain: bool = Field(description="mutual_information above the manifest's threshold")
+
+
+class UncertaintyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"name": "fashion-mnist-dropout-mlp", "version": "3f1c0a9b2d4e", "sha256": "3f1c…"},
+                    "n_samples": 100,
+                    "seed": 42,
+                    "uncertainty_threshold": 0.1,
+                    "predictions": [
+                        {
+                            "class_id": 9,
+                            "label": "Ankle boot",
+                            "mean_probabilities": [0.0, 0.0, 0.0, 0.0, 0.0, 0.02, 0.0, 0.03, 0.0, 0.95],
+                            "variance": [0.0, 0.0, 0.0, 0.0, 0.0, 0.001, 0.0, 0.002, 0.0, 0.004],
+                            "std": [0.0, 0.0, 0.0, 0.0, 0.0, 0.03, 0.0, 0.04, 0.0, 0.06],
+                            "predictive_entropy": 0.23,
+                            "expected_entropy": 0.19,
+                            "mutual_information": 0.04,
+                            "uncertain": False,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    model: ModelRef
+    n_samples: int
+    seed: int = Field(description="seed actually used; send it back to reproduce this response")
+    uncertainty_threshold: float
+    predictions: list[UncertainPrediction]
+
+
+class Status(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready"}]})
+
+    status: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {
+                        "code": "validation_error",
+                        "message": "images[0]: wrong shape: 27 rows, expected 28 rows of 28 values",
+                        "field": "images[0]",
+                    }
+                }
+            ]
+        }
+    )
+
+    error: ErrorDetail

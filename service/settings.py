@@ -1,0 +1,75 @@
+"""The service's configuration: the one place in ``service/`` that reads the environment."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each field is read from ``MCSERVE_<FIELD>`` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="MCSERVE_", extra="ignore", frozen=True)
+
+    model_dir: Path = Field(default=Path("models/current"), description="artifact directory (training output)")
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N; auto picks CUDA when available")
+    host: str = Field(default="127.0.0.1", description="bind address (use 0.0.0.0 in a container)")
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port")
+    workers: Literal[1] = Field(default=1, description="uvicorn workers: only 1 (scale with replicas)")
+    default_samples: int = Field(default=100, ge=1, description="MC passes when a request gives no n_samples")
+    max_samples: int = Field(default=1000, ge=1, description="largest n_samples a request may ask for")
+    max_batch: int = Field(default=256, ge=1, description="most images in one request")
+    max_work: int = Field(default=102_400, ge=1, description="cap on n_samples x images for one uncertainty request")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="largest request body, bytes (413)")
+    max_png_bytes: int = Field(default=64 * 1024, ge=64, description="largest decoded PNG file in bytes")
+    mc_chunk_size: int = Field(default=8192, ge=1, description="rows (samples x images) per MC step")
+    max_concurrency: int = Field(default=2, ge=1, description="inference calls running at once in the worker threads")
+    torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info", description="log level")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated allowed CORS origins; empty keeps CORS closed"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _DEVICE.match(value):
+            raise ValueError(f"{value!r} is not one of auto, cpu, cuda, cuda:N")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.default_samples > self.max_samples:
+            raise ValueError(f"default_samples ({self.default_samples}) exceeds max_samples ({self.max_samples})")
+        return self
+
+
+def describe_error(exc: Exception) -> str:
+    """One line naming each bad setting as its environment variable."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    parts = []
+    for err in errors():
+        name = "MCSERVE_" + "_".join(str(p) for p in err.get("loc", ())).upper()
+        parts.append(f"{name.rstrip('_')}: {err.get('msg', 'invalid')}")
+    return "invalid settings: " + "; ".join(parts)
