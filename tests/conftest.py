@@ -28,3 +28,14 @@ def fashion_dir() -> Path:
             pytrace=False,
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_artifact(tmp_path_factory: pytest.TempPathFactory, fashion_dir: Path) -> Path:
+    """A real exported artifact: the training pipeline run briefly on real Fashion-MNIST (1 epoch, 2000 images)."""
+    from training.config import TrainConfig
+    from training.pipeline import run
+
+    out = tmp_path_factory.mktemp("trained") / "model"
+    run(TrainConfig(out_dir=out, data_dir=fashion_dir, epochs=1, train_limit=2000, eval_mc_samples=10, plots=False))
+    return out

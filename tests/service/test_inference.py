@@ -1,0 +1,132 @@
+"""The pure-torch kernels: eval prediction and the vectorised MC dropout kernel against the naive train() loop."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mcnet import Architecture, DropoutMLP, load_artifact
+from service.inference import MCResult, mc_predict, predict_eval
+
+T = 4000  # passes on each side of the equivalence test
+
+
+@pytest.fixture(scope="module")
+def model(trained_artifact: Path) -> DropoutMLP:
+    return load_artifact(trained_artifact, "cpu")[0]
+
+
+@pytest.fixture(scope="module")
+def x(test_images: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(test_images[0][:6].astype(np.float32))
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def naive_samples(model: DropoutMLP, x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """T independent forward passes of a separate copy in train() mode: (T, B, C) probabilities."""
+    twin = copy.deepcopy(model).train()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return torch.stack([F.softmax(twin(x), dim=-1) for _ in range(n)]).double()
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    return -torch.special.xlogy(p, p).sum(-1)
+
+
+def within(a: torch.Tensor, b: torch.Tensor, tol: torch.Tensor) -> bool:
+    return bool(((a - b).abs() <= tol).all())
+
+
+def equivalent(r: MCResult, s: torch.Tensor) -> dict[str, bool]:
+    """Compare the kernel's summaries with the naive samples, each within 5 standard errors."""
+    n = s.shape[0]
+    mean, var = s.mean(0), s.var(0, unbiased=False)
+    fourth = ((s - mean) ** 4).mean(0)
+    se_var = ((fourth - var**2).clamp_min(0) / n).sqrt()
+    ent = entropy(s)  # (T, B)
+    pe = entropy(mean)
+    return {
+        "mean": within(r.mean_probs.double(), mean, 5 * (2 * var / n).sqrt() + 1e-4),
+        "variance": within(r.variance.double(), var, 5 * (2**0.5) * se_var + 1e-5),
+        "std": within(r.std.double() ** 2, var, 5 * (2**0.5) * se_var + 1e-5),
+        "expected_entropy": within(r.expected_entropy.double(), ent.mean(0), 5 * (2 * ent.var(0) / n).sqrt() + 1e-4),
+        "predictive_entropy": within(r.predictive_entropy.double(), pe, torch.full_like(pe, 0.02)),
+        "mutual_information": within(r.mutual_information.double(), pe - ent.mean(0), torch.full_like(pe, 0.02)),
+    }
+
+
+def test_predict_eval_is_the_deterministic_softmax(model: DropoutMLP, x: torch.Tensor) -> None:
+    probs = predict_eval(model, x)
+    with torch.no_grad():
+        expected = F.softmax(model(x), dim=-1)
+    assert torch.equal(probs, expected)
+    assert torch.equal(predict_eval(model, x), probs)
+    assert torch.allclose(probs.sum(-1), torch.ones(len(x)))
+
+
+def test_mc_kernel_is_statistically_equivalent_to_train_mode_passes(model: DropoutMLP, x: torch.Tensor) -> None:
+    samples = naive_samples(model, x, T, seed=123)
+    assert samples.var(0).max() > 1e-3, "the test needs a model whose dropout actually moves the probabilities"
+    result = mc_predict(model, x, T, gen(7), chunk_size=500)  # 500 rows -> 83 samples per chunk, many chunks
+    assert equivalent(result, samples) == dict.fromkeys(equivalent(result, samples), True)
+    assert not model.training
+
+
+def test_equivalence_check_detects_a_wrong_dropout_rate(model: DropoutMLP, x: torch.Tensor) -> None:
+    """The tolerance is tight enough to fail for a kernel whose dropout differs from train() mode."""
+    wrong = DropoutMLP(Architecture(dropout=(0.2, 0.3)))
+    wrong.load_state_dict(model.state_dict())
+    wrong.eval()
+    checks = equivalent(mc_predict(wrong, x, T, gen(7), chunk_size=500), naive_samples(model, x, T, seed=123))
+    assert not checks["variance"]
+
+
+def test_same_seed_same_result_other_seed_differs(model: DropoutMLP, x: torch.Tensor) -> None:
+    a = mc_predict(model, x, 50, gen(42), chunk_size=64)
+    b = mc_predict(model, x, 50, gen(42), chunk_size=64)
+    c = mc_predict(model, x, 50, gen(43), chunk_size=64)
+    for field in ("mean_probs", "variance", "std", "predictive_entropy", "expected_entropy", "mutual_information"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    assert not torch.equal(a.mean_probs, c.mean_probs)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 12, 10_000])
+def test_without_dropout_mc_reduces_to_eval(model: DropoutMLP, x: torch.Tensor, chunk_size: int) -> None:
+    """With p = 0 every pass equals the eval pass: exact checks of the reductions for any chunking."""
+    plain = DropoutMLP(Architecture(dropout=(0.0, 0.0)))
+    plain.load_state_dict(model.state_dict())
+    plain.eval()
+    r = mc_predict(plain, x, 7, gen(0), chunk_size=chunk_size)
+    probs = predict_eval(plain, x)
+    assert r.n_samples == 7
+    torch.testing.assert_close(r.mean_probs, probs, atol=1e-6, rtol=0)
+    assert float(r.variance.max()) < 1e-10
+    torch.testing.assert_close(r.predictive_entropy, entropy(probs.double()).float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(r.expected_entropy, r.predictive_entropy, atol=1e-5, rtol=0)
+    assert float(r.mutual_information.max()) < 1e-5
+
+
+def test_summaries_are_consistent(model: DropoutMLP, x: torch.Tensor) -> None:
+    r = mc_predict(model, x, 200, gen(1), chunk_size=100)
+    torch.testing.assert_close(r.mean_probs.sum(-1), torch.ones(len(x)))
+    assert bool((r.variance >= 0).all()) and bool((r.mutual_information >= 0).all())
+    torch.testing.assert_close(r.std**2, r.variance)
+    torch.testing.assert_close(r.mutual_information, (r.predictive_entropy - r.expected_entropy).clamp_min(0))
+    assert r.mean_probs.shape == r.variance.shape == (len(x), 10)
+
+
+def test_kernel_refuses_a_model_in_train_mode(model: DropoutMLP, x: torch.Tensor) -> None:
+    twin = copy.deepcopy(model).train()
+    with pytest.raises(RuntimeError, match="eval"):
+        mc_predict(twin, x, 2, gen(0))
+    with pytest.raises(RuntimeError, match="eval"):
+        predict_eval(twin, x)
