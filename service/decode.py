@@ -105,10 +105,10 @@ def image_from_png(encoded: object, field: str, max_png_bytes: int) -> np.ndarra
                     raise InputError(field, f"PNG mode {img.mode!r} is not supported (8-bit gray/palette/RGB(A) only)")
                 gray = img.convert("L")
                 arr = np.asarray(gray, dtype=np.float32)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DecodeError(field, f"PNG cannot be decoded ({type(exc).__name__}: {exc})") from None
-    except Image.DecompressionBombWarning as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError(field, f"PNG rejected as a decompression bomb ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DecodeError(field, f"PNG cannot be decoded ({type(exc).__name__}: {exc})") from None
     return arr.copy()
 
 

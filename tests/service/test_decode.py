@@ -1,0 +1,153 @@
+"""Request decoding: list and PNG inputs, the PNG policy and every rejection with its field."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from service.decode import decode_batch, image_from_list, image_from_png
+from service.errors import DecodeError, InputError
+
+LIMIT = 64 * 1024
+
+
+def decode(images: Any = None, images_png: Any = None, max_batch: int = 8) -> torch.Tensor:
+    return decode_batch(images, images_png, max_batch, LIMIT)
+
+
+def test_nested_flat_and_png_give_the_same_pixels(
+    test_images: tuple[np.ndarray, np.ndarray], png_b64: Callable[..., str]
+) -> None:
+    imgs = test_images[0][:4]
+    nested = decode(images=[img.tolist() for img in imgs])
+    flat = decode(images=[img.reshape(-1).tolist() for img in imgs])
+    png = decode(images_png=[png_b64(img) for img in imgs])
+    expected = torch.from_numpy(imgs.astype(np.float32))
+    assert nested.dtype == torch.float32 and nested.shape == (4, 28, 28)
+    assert torch.equal(nested, expected) and torch.equal(flat, expected) and torch.equal(png, expected)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "LA"])
+def test_colour_png_is_converted_to_grayscale(
+    mode: str, test_images: tuple[np.ndarray, np.ndarray], png_b64: Callable[..., str]
+) -> None:
+    img = test_images[0][0]
+    got = image_from_png(png_b64(img, mode), "images_png[0]", LIMIT)
+    assert np.array_equal(got, img.astype(np.float32))  # gray -> colour -> gray is lossless in Pillow
+
+
+def test_fractional_pixels_are_kept() -> None:
+    img = [[0.5] * 28 for _ in range(28)]
+    assert float(image_from_list(img, "images[0]")[3, 4]) == 0.5
+
+
+def _bad_image(index: int, value: Any) -> list[Any]:
+    flat: list[Any] = [0] * 784
+    flat[index] = value
+    return flat
+
+
+@pytest.mark.parametrize(
+    ("image", "field", "needle"),
+    [
+        ([0] * 783, "images[0]", "783 values"),
+        ([[0] * 28] * 27, "images[0]", "27 rows"),
+        ([[0] * 28] * 27 + [[0] * 27], "images[0][27]", "27 values"),
+        ([[0] * 28] * 27 + [[0] * 29], "images[0][27]", "29 values"),
+        (_bad_image(30, float("nan")), "images[0]", "non-finite"),
+        (_bad_image(30, float("inf")), "images[0]", "non-finite"),
+        (_bad_image(30, 256), "images[0]", "outside the pixel range"),
+        (_bad_image(30, -0.5), "images[0]", "outside the pixel range"),
+        (_bad_image(30, 10**400), "images[0]", "outside the pixel range"),
+        (_bad_image(30, "7"), "images[0]", "is str"),
+        (_bad_image(30, True), "images[0]", "is bool"),
+        (_bad_image(30, None), "images[0]", "is NoneType"),
+        (_bad_image(30, [1]), "images[0]", "wrong shape"),
+        ("abc", "images[0]", "must be a list"),
+        ({"a": 1}, "images[0]", "must be a list"),
+    ],
+)
+def test_bad_list_images_are_422_naming_the_field(image: Any, field: str, needle: str) -> None:
+    with pytest.raises(InputError) as info:
+        decode(images=[image])
+    assert info.value.status == 422 and info.value.field == field and needle in info.value.message
+
+
+def test_the_pixel_position_is_named() -> None:
+    with pytest.raises(InputError, match=r"pixel 30 \(row 1, column 2\)"):
+        decode(images=[_bad_image(30, 300)])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "needle"),
+    [
+        ({}, "images", "exactly one"),
+        ({"images": [[0] * 784], "images_png": ["x"]}, "images", "exactly one"),
+        ({"images": []}, "images", "empty"),
+        ({"images_png": []}, "images_png", "empty"),
+        ({"images": [[0] * 784] * 9}, "images", "limit is 8"),
+    ],
+)
+def test_batch_rules(kwargs: dict[str, Any], field: str, needle: str) -> None:
+    with pytest.raises(InputError) as info:
+        decode(**kwargs)
+    assert info.value.field == field and needle in info.value.message
+
+
+def _png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _with_declared_size(png: bytes, width: int, height: int) -> bytes:
+    """Rewrite the IHDR chunk (with a valid CRC) to declare another size: a decompression-bomb header."""
+    ihdr = bytearray(png[16:29])
+    ihdr[0:8] = struct.pack(">II", width, height)
+    crc = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr)) & 0xFFFFFFFF)
+    return png[:16] + bytes(ihdr) + crc + png[33:]
+
+
+def _noise() -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8))
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (28, 28)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+b64 = base64.b64encode
+
+
+@pytest.mark.parametrize(
+    ("payload", "error", "needle"),
+    [
+        ("not base64!!", DecodeError, "not valid base64"),
+        ("QUJD", DecodeError, "not a PNG"),  # valid base64 of b"ABC"
+        (b64(_jpeg()).decode(), DecodeError, "not a PNG"),
+        (b64(_png_bytes(_noise())[:400]).decode(), DecodeError, "cannot be decoded"),
+        (b64(_png_bytes(Image.new("L", (64, 64)))).decode(), InputError, "64x64"),
+        (b64(_with_declared_size(_png_bytes(Image.new("L", (28, 28))), 5000, 5000)).decode(), InputError, "5000x5000"),
+        (b64(_with_declared_size(_png_bytes(Image.new("L", (28, 28))), 60000, 60000)).decode(), DecodeError, "bomb"),
+        (b64(_png_bytes(Image.new("I;16", (28, 28)))).decode(), InputError, "mode"),
+        ("A" * (4 * LIMIT), InputError, "limit"),
+        (12, InputError, "base64 string"),
+    ],
+)
+def test_bad_pngs(payload: Any, error: type[Exception], needle: str) -> None:
+    with pytest.raises(error) as info:
+        decode(images_png=[payload])
+    assert isinstance(info.value, error) and needle in str(info.value)
+    assert getattr(info.value, "field", None) == "images_png[0]"
+    assert getattr(info.value, "status", None) == (400 if error is DecodeError else 422)
