@@ -1,0 +1,103 @@
+"""Command line: ``python -m bench {kernel,http,train,coldstart,all,report} [--quick] --json PATH``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+DEFAULT_JSON = Path("bench/results/all.json")
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers came from: printed in the JSON and in docs/benchmarks.md."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+    }
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    print(f"bench: wrote {path}")
+
+
+def _run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    start = time.perf_counter()
+    if name == "kernel":
+        from bench import kernel
+
+        data = kernel.run(args.quick, args.threads, args.model_dir, args.chunk_size)
+    elif name == "http":
+        from bench import http
+
+        data = http.run(args.quick, args.model_dir, args.workers, args.server_threads, args.duration)
+    elif name == "coldstart":
+        from bench import coldstart
+
+        data = coldstart.run(args.model_dir, repeats=2 if args.quick else 5)
+    elif name == "train":
+        from bench import train
+
+        data = train.run(args.quick, args.threads, args.batch_size, args.loader_workers)
+    else:
+        raise ValueError(name)
+    data["elapsed_s"] = round(time.perf_counter() - start, 1)
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("command", choices=["kernel", "http", "train", "coldstart", "all", "report"])
+    parser.add_argument("--quick", action="store_true", help="smaller matrix / shorter runs (< 2 min each)")
+    parser.add_argument("--json", type=Path, default=None, help="where to write the results (report: where to read)")
+    parser.add_argument("--model-dir", type=Path, default=None, help="artifact to serve; default: random weights")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (kernel, train, servers)")
+    parser.add_argument("--server-threads", type=int, default=1, help="torch threads per server process (http)")
+    parser.add_argument("--chunk-size", type=int, default=8192, help="mc_chunk_size passed to the service kernel")
+    parser.add_argument("--workers", type=int, default=1, help="server processes per server under test")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per wrk run (default 10, quick 3)")
+    parser.add_argument("--batch-size", type=int, default=256, help="training batch size (train)")
+    parser.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers of the book's pipeline")
+    parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"), help="report: markdown to write")
+    args = parser.parse_args(argv)
+
+    if args.command == "report":
+        from bench import report
+
+        report.write(args.json or DEFAULT_JSON, args.doc)
+        return 0
+    sections = ["kernel", "http", "coldstart", "train"] if args.command == "all" else [args.command]
+    results: dict[str, Any] = {"machine": machine()}
+    for name in sections:
+        print(f"bench: {name} ...", flush=True)
+        results[name] = _run_section(name, args)
+    if args.command != "all":
+        results = {"machine": results["machine"], **results[args.command]}
+    _write(args.json or Path(f"bench/results/{args.command}.json"), results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""The model the benchmarks serve, and one real image to send."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import torch
+
+from mcnet import DropoutMLP, save_artifact
+
+FASHION_TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+
+
+def resolve(model_dir: Path | None, scratch: Path) -> tuple[Path, str]:
+    """``model_dir`` if given, else a random-weight artifact written to ``scratch`` (throughput is weight-blind)."""
+    if model_dir is not None:
+        return model_dir.resolve(), f"artifact {model_dir}"
+    torch.manual_seed(0)
+    save_artifact(scratch, DropoutMLP().eval())
+    return scratch, "random-weight artifact (seed 0); throughput does not depend on weight values"
+
+
+def idx_image(raw: bytes, index: int) -> list[int]:
+    """Image ``index`` of an IDX3 file's bytes as 784 ints."""
+    if raw[:4] != b"\x00\x00\x08\x03":
+        raise ValueError("not an IDX3 unsigned-byte file")
+    start = 16 + index * 784
+    return list(raw[start : start + 784])
+
+
+def sample_image(index: int = 0) -> list[int]:
+    """A real Fashion-MNIST test image (the request body's realistic length), or a seeded random one."""
+    try:
+        return idx_image(gzip.decompress(FASHION_TEST_IMAGES.read_bytes()), index)
+    except OSError:
+        gen = torch.Generator().manual_seed(index)
+        return torch.randint(0, 256, (784,), generator=gen).tolist()

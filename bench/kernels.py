@@ -1,0 +1,96 @@
+"""The MC-dropout implementations the kernel benchmark compares, each returning mean probabilities.
+
+* ``naive_loop`` - module in ``train()`` mode, T full forward passes (d2l.ai's way);
+* ``repeat_batch`` - the input repeated T times in one batch (TorchUncertainty's way);
+* ``service_kernel`` - the service's ``mc_predict`` (imported from ``service.inference``);
+* ``gemm_limit`` - the same matrix multiplications (fc1 once for B images, fc2+fc3 for T*B rows)
+  with no dropout and no random numbers: the floor any MC kernel is measured against.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from mcnet import DropoutMLP
+
+Kernel = Callable[[DropoutMLP, torch.Tensor, int, torch.Generator], object]
+
+
+def naive_loop(model: DropoutMLP, x: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
+    was_training = model.training
+    model.train()
+    try:
+        with torch.inference_mode():
+            total = torch.zeros(x.shape[0], model.arch.num_classes)
+            for _ in range(n_samples):
+                total += torch.softmax(model(x), dim=-1)
+            return total / n_samples
+    finally:
+        model.train(was_training)
+
+
+def repeat_batch(model: DropoutMLP, x: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
+    with torch.inference_mode():
+        logits = model(x.repeat(n_samples, 1), mc=True)
+        return torch.softmax(logits.view(n_samples, x.shape[0], -1), dim=-1).mean(dim=0)
+
+
+class GemmLimit:
+    """fc1 (+ReLU) once for B images, then fc2 (+ReLU) and fc3 on a prepared T*B x 256 input.
+
+    The T*B hidden rows are allocated once per shape outside the timed call, so the limit
+    holds only the matrix multiplications (with their bias and ReLU), no dropout, no RNG.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[int, int], torch.Tensor] = {}
+
+    def __call__(self, model: DropoutMLP, x: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
+        key = (n_samples, x.shape[0])
+        with torch.inference_mode():
+            h1 = model.hidden1(x)
+            rows = self._rows.get(key)
+            if rows is None:
+                rows = h1.repeat(n_samples, 1).contiguous()
+                self._rows[key] = rows
+            h2 = torch.relu(F.linear(rows, model.fc2.weight, model.fc2.bias))
+            return F.linear(h2, model.fc3.weight, model.fc3.bias)
+
+
+def load_service_kernel(chunk_size: int) -> tuple[Kernel | None, str | None]:
+    """The service's ``mc_predict`` bound to ``chunk_size``, or ``(None, why)`` if it cannot be imported."""
+    try:
+        inference = importlib.import_module("service.inference")
+        mc_predict = inference.mc_predict
+    except Exception as exc:  # the service package is built in parallel; record why it is missing
+        return None, f"service.inference.mc_predict unavailable: {exc!r}"
+
+    def kernel(model: DropoutMLP, x: torch.Tensor, n_samples: int, generator: torch.Generator) -> object:
+        with torch.inference_mode():
+            return mc_predict(model, x, n_samples, generator, chunk_size)
+
+    return kernel, None
+
+
+def load_eval_predict() -> tuple[Callable[[DropoutMLP, torch.Tensor], object] | None, str | None]:
+    """The service's ``predict_eval``; falls back to ``None`` with the reason."""
+    try:
+        inference = importlib.import_module("service.inference")
+        return inference.predict_eval, None
+    except Exception as exc:
+        return None, f"service.inference.predict_eval unavailable: {exc!r}"
+
+
+def eval_forward(model: DropoutMLP, x: torch.Tensor) -> torch.Tensor:
+    """Plain eval-mode softmax forward, used when the service's ``predict_eval`` is unavailable."""
+    with torch.inference_mode():
+        return torch.softmax(model(x), dim=-1)
+
+
+def rows_budget_ok(n_samples: int, batch: int, max_rows: int) -> bool:
+    """True when a T x B matrix of rows fits the memory budget the benchmark allows."""
+    return n_samples * batch <= max_rows

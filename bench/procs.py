@@ -1,0 +1,87 @@
+"""Start a server under test in its own process group, wait until it answers, stop it by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    ready_s: float
+    log_path: Path
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    """HTTP status of a GET, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (OSError, ValueError):
+        return None
+
+
+def log_tail(path: Path, chars: int = 1500) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM then SIGKILL the process group this module created for ``proc`` (by its PID)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    # children (workers) may outlive the leader; the group id is the leader's PID
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def serve(
+    name: str,
+    cmd: Sequence[str],
+    ready_url: str,
+    env: Mapping[str, str],
+    log_dir: Path,
+    timeout_s: float = 120.0,
+    cwd: Path | None = None,
+) -> Iterator[Server]:
+    """Run ``cmd`` until ``ready_url`` answers 200, yield it, then stop it.
+
+    Raises RuntimeError with the log's tail when the process dies or never gets ready.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "wb") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            list(cmd), stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True
+        )
+        try:
+            while http_status(ready_url) != 200:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode} before ready: {log_tail(log_path)}")
+                if time.perf_counter() - start > timeout_s:
+                    raise RuntimeError(f"{name} not ready after {timeout_s:.0f} s: {log_tail(log_path)}")
+                time.sleep(0.05)
+            yield Server(name, proc, time.perf_counter() - start, log_path)
+        finally:
+            stop(proc)
