@@ -27,6 +27,6 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[dict[str, An
     out = []
     for row in data:
         raw = row.get("body") or row.get("data")
-        body: dict[str, Any] = json.loads(raw) if isinstance(raw, bytes | bytearray) else raw
+        body: dict[str, Any] = json.loads(raw) if isinstance(raw, bytes | bytearray) else dict(raw or {})
         out.append(common.encode(common.predict(model, common.to_tensor(body["images"]))))
     return out
