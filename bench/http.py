@@ -171,7 +171,10 @@ def _bench_server(spec: ServerSpec, env: dict[str, str], duration_s: float, work
             for ep in spec.endpoints:
                 _post_ok(ep.url, ep.body)
                 for c in CONCURRENCY:
+                    cpu_before = procs.group_cpu_seconds(server.proc.pid)
                     res = run_wrk(ep.url, ep.body, c, duration_s)
+                    cpu = procs.group_cpu_seconds(server.proc.pid) - cpu_before
+                    out[f"{ep.label}_server_cpu_ms_per_req_c{c}"] = cpu * 1e3 / res.requests if res.requests else None
                     out[f"{ep.label}_rps_c{c}"] = res.rps
                     out[f"{ep.label}_p50_ms_c{c}"] = res.p50_ms
                     out[f"{ep.label}_p99_ms_c{c}"] = res.p99_ms
@@ -221,5 +224,7 @@ def run(
         "body": "one real test image (784 integer pixels) per request; uncertainty adds n_samples=100; "
         "Triton gets the same pixels as KServe v2 JSON",
         "note": "client and server share the same cores, so wrk takes CPU the server could have used",
+        "server_cpu_ms_per_req": "user+system CPU of the server's whole process group during the run / requests "
+        "served; robust to other load on the machine, unlike req/s",
     }
     return out

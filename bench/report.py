@@ -85,6 +85,12 @@ def headline(sec: dict[str, dict[str, Any]]) -> str:
             "",
             0,
         ),
+        (
+            "LitServe ÷ `/predict` server CPU per request, c=64 (context)",
+            rel("litserve_predict_server_cpu_ms_per_req_c64", "predict_server_cpu_ms_per_req_c64"),
+            "",
+            0,
+        ),
         ("training job ÷ DataLoader pipeline, samples/s", t.get("train_speedup_vs_dataloader"), ">=", 5.0),
     ]
     lines = ["| claim | target | measured | met |", "|---|---|---|---|"]
@@ -116,18 +122,18 @@ def kernel_table(k: dict[str, Any]) -> str:
 def http_table(h: dict[str, Any]) -> str:
     if not h:
         return "_HTTP benchmark not run_"
-    lines = ["| server | c | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+    lines = ["| server | c | req/s | p50 ms | p99 ms | errors | server CPU ms/req |", "|---|---|---|---|---|---|---|"]
     notes = []
     for name, key in HTTP_ROWS:
         err = h.get(f"{key}_error")
         if err:
             notes.append(f"- **{name} could not run**: `{' '.join(err.split())[:400]}`")
-            lines.append(f"| {name} | - | n/a | n/a | n/a | see note |")
+            lines.append(f"| {name} | - | n/a | n/a | n/a | see note | n/a |")
             continue
         if h.get(f"{key}_rps_c1") is None and f"{key}_error" not in h:
             continue
         for c in (1, 16, 64):
-            vals = [h.get(f"{key}_{m}_c{c}") for m in ("rps", "p50_ms", "p99_ms", "errors")]
+            vals = [h.get(f"{key}_{m}_c{c}") for m in ("rps", "p50_ms", "p99_ms", "errors", "server_cpu_ms_per_req")]
             lines.append(f"| {name} | {c} | " + " | ".join(fmt(v, 2 if i else 0) for i, v in enumerate(vals)) + " |")
     return "\n".join([*lines, "", *notes] if notes else lines)
 
