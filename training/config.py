@@ -1,0 +1,79 @@
+"""Every training knob in one typed place, with the reason for each default."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Device = Literal["cpu", "cuda", "auto"]
+Optimizer = Literal["adamw", "sgd"]
+Schedule = Literal["onecycle", "constant"]
+Init = Literal["kaiming", "normal001"]
+
+
+@dataclass
+class TrainConfig:
+    out_dir: Path = Path("models/current")  # where the artifact directory appears (atomically)
+    data_dir: Path | None = None  # None: the CLI fills in FASHION_MNIST_DIR or /usr/share/datasets/fashion-mnist
+    preset: str = "default"  # name recorded in the manifest ("default" or "d2l")
+    epochs: int = 30  # the one-cycle schedule has converged by ~30 epochs; fits 120 s on 2 cores
+    seed: int = 0  # one seed drives split, init, shuffling, augmentation and dropout -> bit-identical reruns
+    batch_size: int = 256  # the book's batch; small enough for enough steps per epoch, large enough for BLAS
+    lr: float = 2e-3  # peak AdamW learning rate of the one-cycle schedule (tuned on the validation split)
+    weight_decay: float = 0.05  # decoupled weight decay: the issue's "trained with weight decay", tuned on val
+    dropout1: float = 0.2  # §4.6's rate after the first hidden layer, unchanged
+    dropout2: float = 0.5  # §4.6's rate after the second hidden layer, unchanged
+    hidden: int = 256  # §4.6's width of both hidden layers, unchanged
+    val_size: int = 5000  # held out of the 60k training images for model selection and the MI threshold
+    device: Device = "auto"  # "auto" picks CUDA when present, else CPU
+    optimizer: Optimizer = "adamw"  # adaptive steps converge in far fewer epochs than the book's plain SGD
+    schedule: Schedule = "onecycle"  # warm-up then cosine annealing: fast early progress, well-settled end point
+    init: Init = "kaiming"  # PyTorch's default (Kaiming-uniform) init keeps ReLU activations at unit scale
+    normalise: bool = True  # standardise pixels inside the network (mean 0.286, std 0.353): better-conditioned steps
+    augment: bool = True  # random horizontal flips and +-shift pixel shifts on whole batches: cheap regularisation
+    max_shift: int = 2  # garments are centred; shifts beyond 2 px start to cut them off
+    ema_decay: float = 0.998  # exponential moving average of the weights (per step); the average is what we export
+    label_smoothing: float = 0.0  # none: it would distort the predictive probabilities we calibrate on
+    threads: int = 2  # this machine's 2 cores; fixed so that reruns use the same BLAS partitioning
+    train_limit: int | None = None  # use only the first N training images (after the val split): fast tests
+    eval_mc_samples: int = 100  # T Monte Carlo dropout passes per test image, as the issue asks
+    ood_noise_samples: int = 2000  # uniform-noise OOD images (seeded)
+    uncertainty_quantile: float = 0.95  # MI threshold = this quantile of in-distribution validation MI
+    plots: bool = True  # write the PNG plots next to the artifact
+    download: bool = False  # never fetch data unless asked (tests and CI stay offline)
+    extra_notes: dict[str, Any] = field(default_factory=dict)  # free-form, recorded in the manifest
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["out_dir"] = str(self.out_dir)
+        data["data_dir"] = None if self.data_dir is None else str(self.data_dir)
+        return data
+
+
+def d2l_preset(**overrides: Any) -> TrainConfig:
+    """The book's exact §4.6 recipe: SGD lr 0.5, batch 256, 10 epochs, N(0, 0.01) init, pixels/255, no augmentation.
+
+    The book's concise §4.6 implementation trains with ``torch.optim.SGD`` and no weight decay (the decay lives
+    in §3.7), so the preset uses ``weight_decay=0``; that is the run that gives the book's ~85-86 %.
+    """
+    base: dict[str, Any] = dict(
+        preset="d2l",
+        epochs=10,
+        batch_size=256,
+        lr=0.5,
+        weight_decay=0.0,
+        optimizer="sgd",
+        schedule="constant",
+        init="normal001",
+        normalise=False,
+        augment=False,
+        ema_decay=0.0,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+PRESETS: dict[str, Callable[..., TrainConfig]] = {"default": TrainConfig, "d2l": d2l_preset}

@@ -1,0 +1,102 @@
+"""Test-set evaluation in eval mode and with Monte Carlo dropout, OOD detection, the MI threshold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mcnet import DropoutMLP
+from training import metrics
+from training.data import Split, digits_ood, inverted, uniform_noise
+
+COVERAGES = (80, 90, 95)
+
+
+@dataclass
+class Predictions:
+    """Eval-mode probabilities ``(N, K)`` and the MC mean ``(N, K)``, predictive entropy and MI ``(N,)``."""
+
+    eval_probs: torch.Tensor
+    mc_probs: torch.Tensor
+    mc_entropy: torch.Tensor
+    mc_mi: torch.Tensor
+
+    @property
+    def max_softmax_score(self) -> torch.Tensor:
+        """OOD score of the max-softmax baseline (eval mode): 1 - max_k p_k, higher = more unusual."""
+        return 1.0 - self.eval_probs.max(1).values.to(torch.float64)
+
+
+@torch.no_grad()
+def predict(model: DropoutMLP, images: torch.Tensor, mc_samples: int, chunk: int = 2000) -> Predictions:
+    """Eval-mode softmax and ``mc_samples`` dropout-on passes (``model(x, mc=True)``; the module stays in eval)."""
+    model.eval()
+    device = next(model.parameters()).device
+    eval_out, mean_out, ent_out, mi_out = [], [], [], []
+    for start in range(0, images.shape[0], chunk):
+        x = images[start : start + chunk].to(device, torch.float32)
+        eval_out.append(torch.softmax(model(x), 1).cpu())
+        samples = torch.stack([torch.softmax(model(x, mc=True), 1) for _ in range(mc_samples)]).cpu()
+        mean = samples.to(torch.float64).mean(0)
+        mean_out.append(mean)
+        ent_out.append(metrics.entropy(mean))
+        mi_out.append(metrics.mutual_information(samples))
+    return Predictions(torch.cat(eval_out), torch.cat(mean_out), torch.cat(ent_out), torch.cat(mi_out))
+
+
+def classification_report(pred: Predictions, labels: torch.Tensor) -> dict[str, float]:
+    report: dict[str, float] = {}
+    for mode, probs in (("eval", pred.eval_probs), ("mc", pred.mc_probs)):
+        report[f"test_accuracy_{mode}"] = metrics.accuracy(probs, labels)
+        report[f"test_nll_{mode}"] = metrics.nll(probs, labels)
+        report[f"test_ece_{mode}"] = metrics.ece(probs, labels, n_bins=15)
+        report[f"test_brier_{mode}"] = metrics.brier(probs, labels)
+    correct = pred.mc_probs.argmax(1) == labels
+    for cov in COVERAGES:
+        report[f"selective_accuracy_mc_at_{cov}"] = metrics.selective_accuracy(correct, pred.mc_entropy, cov / 100)
+    return report
+
+
+def ood_sets(test_images: torch.Tensor, noise_samples: int, seed: int) -> dict[str, torch.Tensor]:
+    """Real handwritten digits, inverted test images and uniform noise, all 28x28 on 0-255."""
+    return {
+        "digits": digits_ood(),
+        "inverted": inverted(test_images),
+        "noise": uniform_noise(noise_samples, seed),
+    }
+
+
+def ood_report(in_dist: Predictions, ood: dict[str, Predictions], threshold: float) -> dict[str, float]:
+    """AUROC (OOD = positive, test set = negative) per OOD set and score, and the flagged fractions."""
+    report: dict[str, float] = {"test_uncertain_fraction": float((in_dist.mc_mi > threshold).double().mean())}
+    for name, pred in ood.items():
+        for score, pos, neg in (
+            ("max_softmax", pred.max_softmax_score, in_dist.max_softmax_score),
+            ("entropy", pred.mc_entropy, in_dist.mc_entropy),
+            ("mutual_information", pred.mc_mi, in_dist.mc_mi),
+        ):
+            report[f"ood_auroc_{name}_{score}"] = metrics.auroc(pos, neg)
+        report[f"ood_uncertain_fraction_{name}"] = float((pred.mc_mi > threshold).double().mean())
+    return report
+
+
+def mi_threshold(val_mi: torch.Tensor, quantile: float) -> float:
+    """The 'uncertain' threshold: the given quantile of in-distribution (validation) mutual information."""
+    return float(torch.quantile(val_mi.to(torch.float64), quantile))
+
+
+def evaluate(
+    model: DropoutMLP, val: Split, test: Split, mc_samples: int, noise_samples: int, quantile: float, seed: int
+) -> tuple[dict[str, float], dict[str, Predictions], float]:
+    """Full evaluation; returns (report, predictions by set name incl. 'val'/'test', MI threshold)."""
+    torch.manual_seed(seed + 1)  # the MC dropout masks: a fixed seed makes the report reproducible
+    preds = {"val": predict(model, val.images, mc_samples), "test": predict(model, test.images, mc_samples)}
+    for name, images in ood_sets(test.images, noise_samples, seed).items():
+        preds[name] = predict(model, images, mc_samples)
+    threshold = mi_threshold(preds["val"].mc_mi, quantile)
+    report = classification_report(preds["test"], test.labels)
+    report.update(ood_report(preds["test"], {k: v for k, v in preds.items() if k not in ("val", "test")}, threshold))
+    report["uncertainty_threshold"] = threshold
+    report["mc_samples"] = float(mc_samples)
+    return report, preds, threshold

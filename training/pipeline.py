@@ -1,0 +1,105 @@
+"""One training run end to end: data, training, evaluation, plots, atomic artifact export."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import torch
+import torchvision
+
+import mcnet
+from training import plots
+from training.config import TrainConfig
+from training.data import DEFAULT_DATA_DIR, load_fashion_mnist
+from training.evaluate import evaluate
+from training.train import append_history, train
+
+UNCERTAINTY_RULE = (
+    "uncertain if the MC-dropout mutual information (T={t} passes) exceeds the {q:g}th percentile "
+    "of the mutual information on the {n} held-out validation images"
+)
+HEADLINE = (
+    "test_accuracy_eval",
+    "test_accuracy_mc",
+    "test_nll_mc",
+    "test_ece_mc",
+    "ood_auroc_digits_mutual_information",
+    "selective_accuracy_mc_at_80",
+    "train_seconds",
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def _seed_everything(config: TrainConfig) -> None:
+    torch.manual_seed(config.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(config.threads)
+
+
+def run(config: TrainConfig) -> dict[str, Any]:
+    """Train, evaluate and export; returns the report (also written to ``out_dir/report.json``)."""
+    _seed_everything(config)
+    device = resolve_device(config.device)
+    data_dir = config.data_dir or DEFAULT_DATA_DIR
+    data = load_fashion_mnist(Path(data_dir), config.val_size, config.seed, download=config.download)
+    train_split = data.train.head(config.train_limit)
+    print(
+        f"training on {len(train_split)} images ({len(data.val)} validation, {len(data.test)} test) on {device}",
+        file=sys.stderr,
+    )
+    with mcnet.atomic_directory(config.out_dir) as staging:
+        history_path = staging / "history.jsonl"
+        result = train(config, train_split, data.val, device, on_epoch=lambda row: append_history(history_path, row))
+        t0 = time.perf_counter()
+        report, preds, threshold = evaluate(
+            result.model,
+            data.val,
+            data.test,
+            config.eval_mc_samples,
+            config.ood_noise_samples,
+            config.uncertainty_quantile,
+            config.seed,
+        )
+        report["eval_seconds"] = time.perf_counter() - t0
+        report["train_seconds"] = result.train_seconds
+        report["best_epoch"] = float(result.best_epoch)
+        report["epochs"] = float(config.epochs)
+        report["train_images"] = float(len(train_split))
+        rule = UNCERTAINTY_RULE.format(t=config.eval_mc_samples, q=config.uncertainty_quantile * 100, n=len(data.val))
+        versions = {
+            "torch": torch.__version__,
+            "safetensors": safetensors.__version__,
+            "torchvision": torchvision.__version__,
+            "numpy": np.__version__,
+            "python": sys.version.split()[0],
+        }
+        manifest = mcnet.write_artifact_files(
+            staging,
+            result.model.cpu(),
+            uncertainty_threshold=threshold,
+            uncertainty_rule=rule,
+            extra={
+                "training": config.to_json(),
+                "metrics": {k: report[k] for k in HEADLINE},
+                "versions": versions,
+            },
+        )
+        report = {k: float(v) for k, v in sorted(report.items())}
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        if config.plots:
+            plots.write_all(staging, result.history, preds, data.test.labels, threshold)
+        print(f"artifact {manifest['version']} written to {config.out_dir}", file=sys.stderr)
+    return report
