@@ -80,14 +80,25 @@ async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, exc.field)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+def _is_json(content_type: str | None) -> bool:
+    """FastAPI parses a body as JSON when the type is absent, application/json or */*+json."""
+    media = (content_type or "application/json").split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
     if not errors:
         return error_response(422, "validation_error", "request validation failed")
+    content_type = request.headers.get("content-type")
+    if not _is_json(content_type):  # the body was never parsed: say so rather than "not an object"
+        message = f"body: content type {content_type!r} is not supported; send application/json"
+        return error_response(415, "unsupported_media_type", message, "body")
     first = errors[0]
     if first.get("type") == "json_invalid":
-        return error_response(400, "invalid_json", f"request body is not valid JSON ({first.get('msg', '')})")
+        message = f"request body is not valid JSON ({first.get('msg', '')})"
+        return error_response(400, "invalid_json", message, "body")
     field = _field_name(first.get("loc", ()))
     message = f"{field}: {first.get('msg', 'invalid')}" if field else f"body: {first.get('msg', 'invalid')}"
     if len(errors) > 1:
@@ -98,7 +109,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _CODES.get(exc.status_code, "http_error")
-    response = error_response(exc.status_code, code, str(exc.detail))
+    field = "body" if exc.status_code == 400 else None  # FastAPI's 400: a body it could not parse (e.g. too deep)
+    response = error_response(exc.status_code, code, str(exc.detail), field)
     for key, value in (exc.headers or {}).items():
         response.headers[key] = value
     return response

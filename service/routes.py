@@ -19,6 +19,7 @@ router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "invalid JSON, base64 or PNG"},
     413: {"model": ErrorResponse, "description": "body larger than MCSERVE_MAX_BODY_BYTES"},
+    415: {"model": ErrorResponse, "description": "content type is not application/json"},
     422: {"model": ErrorResponse, "description": "a field is wrong; `field` names it"},
     503: {"model": ErrorResponse, "description": "model not loaded yet"},
 }

@@ -46,10 +46,16 @@ class UncertaintyRequest(PredictRequest):
     )
 
     n_samples: int | None = Field(
-        default=None, description="Monte Carlo passes, 1..MCSERVE_MAX_SAMPLES (default MCSERVE_DEFAULT_SAMPLES)"
+        default=None,
+        strict=True,  # a JSON integer only: no "10", 2.0 or true
+        description="Monte Carlo passes, 1..MCSERVE_MAX_SAMPLES (default MCSERVE_DEFAULT_SAMPLES)",
     )
     seed: int | None = Field(
-        default=None, ge=0, lt=2**63, description="dropout-mask seed; same seed + same input -> same response"
+        default=None,
+        ge=0,
+        lt=2**63,
+        strict=True,
+        description="dropout-mask seed; same seed + same input -> same response",
     )
 
 
