@@ -7,7 +7,9 @@ found *before* the port is bound, and reported as one line on stderr with exit c
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from types import FrameType
 
 from pydantic import ValidationError
 
@@ -22,6 +24,11 @@ EXIT_CONFIG = 2
 def _fail(message: str) -> int:
     print(f"mcserve-serve: error: {message}", file=sys.stderr, flush=True)
     return EXIT_CONFIG
+
+
+def _graceful_exit(signum: int, frame: FrameType | None) -> None:
+    """uvicorn re-raises SIGTERM after its graceful shutdown; a drained shutdown is a success (exit 0)."""
+    raise SystemExit(0)
 
 
 def main() -> int:
@@ -45,6 +52,7 @@ def main() -> int:
     from .app import create_app
 
     app = create_app(settings, engine=engine)
+    signal.signal(signal.SIGTERM, _graceful_exit)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, workers=1)
     return 0
 

@@ -1,0 +1,139 @@
+"""End to end: a real ``python -m service`` (uvicorn) subprocess, and startup failures that exit before binding."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+import mcnet
+
+REPO = Path(__file__).resolve().parents[2]
+PORT = 18010
+
+
+def service_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCSERVE_")}
+    env.update({f"MCSERVE_{k.upper()}": v for k, v in settings.items()})
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def test_real_server_end_to_end(trained_artifact: Path, test_images: tuple[np.ndarray, np.ndarray]) -> None:
+    env = service_env(model_dir=str(trained_artifact), device="cpu", port=str(PORT), log_level="warning")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    base = f"http://127.0.0.1:{PORT}"
+    try:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, proc.communicate()[1].decode()
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "server never became ready"
+                time.sleep(0.2)
+            images = [img.tolist() for img in test_images[0][:4]]
+            r = http.post("/predict", json={"images": images})
+            assert r.status_code == 200 and len(r.json()["predictions"]) == 4
+            assert http.post("/predict", json={"images": images}).content == r.content
+            u = http.post("/predict/uncertainty", json={"images": images, "n_samples": 25, "seed": 9})
+            assert u.status_code == 200 and u.json()["n_samples"] == 25
+            assert http.post("/predict/uncertainty", json={"images": images, "n_samples": 25, "seed": 9}).json() == (
+                u.json()
+            )
+            assert http.post("/predict", json={"images": [[0] * 5]}).status_code == 422
+            metrics = http.get("/metrics").text
+            assert 'mcserve_http_requests_total{method="POST",route="/predict",status="200"} 2.0' in metrics
+            assert 'mcserve_http_requests_total{method="POST",route="/predict/uncertainty",status="200"} 2.0' in metrics
+            assert 'mcserve_http_requests_total{method="POST",route="/predict",status="422"} 1.0' in metrics
+            assert "mcserve_mc_samples_sum 50.0" in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, stderr.decode()
+
+
+@pytest.fixture(scope="module")
+def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("startup") / "good"
+    mcnet.save_artifact(out, mcnet.DropoutMLP())
+    return out
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def _broken_artifacts(good: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (model dir, text that stderr must contain)."""
+    corrupt_weights = _copy(good, tmp / "corrupt_weights")
+    (corrupt_weights / mcnet.WEIGHTS_FILE).write_bytes(b"\x00garbage" * 10)
+    corrupt_manifest = _copy(good, tmp / "corrupt_manifest")
+    (corrupt_manifest / mcnet.MANIFEST_FILE).write_text("{not json")
+    tampered_weights = _copy(good, tmp / "tampered_weights")
+    data = bytearray((tampered_weights / mcnet.WEIGHTS_FILE).read_bytes())
+    data[-1] ^= 0x01
+    (tampered_weights / mcnet.WEIGHTS_FILE).write_bytes(bytes(data))
+    tampered_manifest = _copy(good, tmp / "tampered_manifest")
+    manifest = json.loads((tampered_manifest / mcnet.MANIFEST_FILE).read_text())
+    manifest["uncertainty"]["threshold"] = 99.0
+    (tampered_manifest / mcnet.MANIFEST_FILE).write_text(json.dumps(manifest))
+    return {
+        "missing": (tmp / "does-not-exist", "does not exist"),
+        "corrupt weights": (corrupt_weights, "sha256 mismatch"),
+        "corrupt manifest": (corrupt_manifest, "cannot be read"),
+        "tampered weights": (tampered_weights, "tampered"),
+        "tampered manifest": (tampered_manifest, "checksum mismatch"),
+    }
+
+
+def test_startup_failures_exit_non_zero_with_a_message(artifact_dir: Path, tmp_path: Path) -> None:
+    cases = {
+        name: (service_env(model_dir=str(path), device="cpu", port=str(PORT + 1)), needle)
+        for name, (path, needle) in _broken_artifacts(artifact_dir, tmp_path).items()
+    }
+    missing_gpu = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    cases["no such CUDA device"] = (
+        service_env(model_dir=str(artifact_dir), device=missing_gpu, port=str(PORT + 1)),
+        "CUDA device",
+    )
+    cases["bad setting"] = (service_env(model_dir=str(artifact_dir), port="eighty"), "MCSERVE_PORT")
+    cases["two workers"] = (service_env(model_dir=str(artifact_dir), workers="4"), "MCSERVE_WORKERS")
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for name, (env, _) in cases.items()
+    }
+    for name, proc in procs.items():
+        try:
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"{name}: the service did not exit")
+        stderr = err.decode()
+        assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{stderr}"
+        assert cases[name][1] in stderr, f"{name}: {stderr}"
+        assert stderr.startswith("mcserve-serve: error: ") and stderr.count("\n") == 1, f"{name}: {stderr}"
+        assert "Traceback" not in stderr and "Uvicorn running" not in stderr

@@ -1,0 +1,74 @@
+"""/metrics reflects the requests made: parsed with prometheus-client's own text parser."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from mcnet import read_manifest
+from service import Settings, create_app
+
+
+def scrape(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], metric: str, /, **labels: str) -> float:
+    return samples.get((metric, frozenset(labels.items())), 0.0)
+
+
+def test_metrics_reflect_requests(
+    trained_artifact: Path, make_settings: Callable[..., Settings], test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    registry = CollectorRegistry()
+    app = create_app(make_settings(trained_artifact), registry=registry)
+    images = [img.tolist() for img in test_images[0][:6]]
+    with TestClient(app) as client:
+        before = scrape(client)
+        assert value(before, "mcserve_model_ready") == 1
+        manifest = read_manifest(trained_artifact)
+        info = dict(name=manifest["name"], version=manifest["version"], sha256=manifest["weights"]["sha256"])
+        assert value(before, "mcserve_model_info", **info, device="cpu") == 1
+
+        predicted = [client.post("/predict", json={"images": images[:3]}).json() for _ in range(2)]
+        mc = client.post("/predict/uncertainty", json={"images": images, "n_samples": 40, "seed": 5}).json()
+        assert client.post("/predict", json={"images": []}).status_code == 422
+        assert client.get("/nope/123").status_code == 404
+        after = scrape(client)
+
+    route = "mcserve_http_requests_total"
+    assert value(after, route, route="/predict", method="POST", status="200") == 2
+    assert value(after, route, route="/predict/uncertainty", method="POST", status="200") == 1
+    assert value(after, route, route="/predict", method="POST", status="422") == 1
+    assert value(after, route, route="unmatched", method="GET", status="404") == 1  # never the raw path
+    assert not any("/nope" in str(labels) for _, labels in after)
+    assert value(after, "mcserve_http_request_duration_seconds_count", route="/predict") == 3
+    assert value(after, "mcserve_http_requests_in_flight") == 1  # the scrape itself
+    inference = "mcserve_inference_duration_seconds_count"
+    assert value(after, inference, endpoint="predict") == 2
+    assert value(after, inference, endpoint="predict_uncertainty") == 1
+    assert value(after, "mcserve_batch_size_images_sum", endpoint="predict") == 6
+    assert value(after, "mcserve_batch_size_images_sum", endpoint="predict_uncertainty") == 6
+    assert value(after, "mcserve_mc_samples_sum") == 40 and value(after, "mcserve_mc_samples_count") == 1
+    assert value(after, "mcserve_predictive_entropy_nats_count") == 6
+    mi_sum = sum(p["mutual_information"] for p in mc["predictions"])
+    assert abs(value(after, "mcserve_mutual_information_nats_sum") - mi_sum) < 1e-9
+    uncertain = sum(p["uncertain"] for p in mc["predictions"])
+    assert value(after, "mcserve_uncertain_predictions_total") == uncertain
+    by_class: dict[str, int] = {}
+    for response in predicted:
+        for p in response["predictions"]:
+            by_class[p["label"]] = by_class.get(p["label"], 0) + 1
+    for label, count in by_class.items():
+        assert value(after, "mcserve_predictions_total", endpoint="predict", class_name=label) == count
