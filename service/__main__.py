@@ -13,9 +13,6 @@ from types import FrameType
 
 from pydantic import ValidationError
 
-from mcnet import ArtifactError
-
-from .engine import DeviceError, Engine
 from .settings import Settings, describe_error
 
 EXIT_CONFIG = 2
@@ -39,6 +36,10 @@ def main() -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    from mcnet import ArtifactError
+
+    from .engine import DeviceError, Engine
+
     engine = Engine(settings)
     try:
         engine.load()
