@@ -38,5 +38,10 @@ bench: install
 	$(PY) -m bench all $(BENCH_ARGS) --json $(BENCH_JSON)
 	$(PY) -m bench report --json $(BENCH_JSON)
 
+# Containers end to end: real Docker engine, both targets built offline, the real docker-compose.yml
+# (host-network test override), real Prometheus; see docs/deploy.md. Needs root (starts dockerd).
+compose-smoke:
+	bash scripts/compose_smoke.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
