@@ -26,6 +26,7 @@ KERNEL_IMPLS = (
     ("repeat input T times", "repeat"),
     ("service kernel", "service"),
     ("GEMM limit", "gemm_limit"),
+    ("proposed kernel (bench/proposed_kernel.py)", "proposed"),
 )
 
 
@@ -112,7 +113,7 @@ def kernel_table(k: dict[str, Any]) -> str:
     lines = [head, "|---" * (len(KERNEL_IMPLS) + 3) + "|"]
     for n_samples, batch in shapes:
         cells = [k.get(f"{key}_us_per_image_b{batch}_t{n_samples}") for _, key in KERNEL_IMPLS]
-        svc, lim = cells[2], cells[3]
+        svc, lim = cells[2], cells[3]  # service kernel, GEMM limit
         ratio = svc / lim if svc and lim else None
         lines.append(f"| {n_samples} | {batch} | " + " | ".join(fmt(c) for c in cells) + f" | {fmt(ratio, 2)} |")
     evals = [f"B={b}: {fmt(k.get(f'eval_predict_us_per_image_b{b}'), 2)} µs" for b in (1, 32, 256)]

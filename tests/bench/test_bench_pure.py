@@ -72,3 +72,21 @@ def test_kernels_agree_when_dropout_is_off() -> None:
 def test_rows_budget() -> None:
     assert kernels.rows_budget_ok(100, 32, 64_000)
     assert not kernels.rows_budget_ok(1000, 256, 64_000)
+
+
+def test_proposed_kernel_masks_and_equivalence_without_dropout() -> None:
+    from bench import proposed_kernel
+
+    gen = torch.Generator().manual_seed(0)
+    keep, k = proposed_kernel.keep_mask((400, 500), 0.2, gen)
+    assert keep.dtype == torch.bool and keep.shape == (400, 500)
+    assert abs(k - 0.8) < 2**-15 and abs(keep.float().mean().item() - k) < 0.005
+    keep, k = proposed_kernel.keep_mask((400, 500), 0.5, gen)
+    assert k == 0.5 and abs(keep.float().mean().item() - 0.5) < 0.005
+    torch.manual_seed(0)
+    model = DropoutMLP(Architecture(dropout=(0.0, 0.5))).eval()
+    x = torch.randint(0, 256, (2, 784)).float()
+    mean = proposed_kernel.mc_mean_probs(model, x, 2000, gen)
+    torch.testing.assert_close(mean.sum(-1), torch.ones(2))
+    reference = kernels.repeat_batch(model, x, 2000, gen)
+    assert (mean - reference).abs().max() < 0.02
