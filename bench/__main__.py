@@ -34,6 +34,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
     }
 
 
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in sections:
         print(f"bench: {name} ...", flush=True)
         results[name] = _run_section(name, args)
+    results["machine"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     if args.command != "all":
         results = {"machine": results["machine"], **results[args.command]}
     _write(args.json or Path(f"bench/results/{args.command}.json"), results)

@@ -197,11 +197,22 @@ def render(results: dict[str, Any], plot_name: str) -> str:
         else f"not measured ({cold.get('cold_start_error') or 'not run'})"
     )
     conditions = {name: s.get("conditions") for name, s in sec.items() if s.get("conditions")}
+    load = [m.get("load_average_1m_at_start"), m.get("load_average_1m_at_end")]
+    cores = m.get("cores") or 1
+    busy = any(isinstance(v, int | float) and v > 0.5 * cores for v in load)
+    load_note = f"1-minute load average {fmt(load[0], 2)} at start, {fmt(load[1], 2)} at end"
+    if busy:
+        load_note = (
+            f"**{load_note} on {cores} cores: the machine was busy with other work during this run, so these "
+            "numbers (kernel timings with 2 threads above all) are distorted; rerun on an idle machine before "
+            "quoting them.**"
+        )
     return string.Template(TEMPLATE.read_text()).substitute(
         date=m.get("date", "?"),
         machine=f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('platform', '?')}, "
         f"Python {m.get('python', '?')}",
         command=m.get("command", "?"),
+        load=load_note,
         headline=headline(sec),
         kernel_table=kernel_table(sec["kernel"]),
         http_table=http_table(sec["http"]),

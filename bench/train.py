@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import os
 import shutil
 import tempfile
 import time
@@ -112,6 +113,7 @@ def dataloader_pipeline(config: Any, root: Path, limit: int | None, workers: int
 
 
 def run(quick: bool, threads: int, batch_size: int, loader_workers: int) -> dict[str, Any]:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the training loop's progress bar would flood the bench log
     torch.set_num_threads(threads)
     config = _config(quick, threads, batch_size)
     limit = 20_000 if quick else None
