@@ -54,7 +54,14 @@ def main() -> int:
 
     app = create_app(settings, engine=engine)
     signal.signal(signal.SIGTERM, _graceful_exit)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, workers=1)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        workers=1,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
+    )
     return 0
 
 

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(default=2, ge=1, description="inference calls running at once in the worker threads")
     torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info", description="log level")
+    graceful_shutdown_s: int = Field(
+        default=8, ge=1, description="on SIGTERM, seconds in-flight requests get to finish (below Docker's 10 s)"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated allowed CORS origins; empty keeps CORS closed"
     )
