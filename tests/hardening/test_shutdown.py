@@ -1,0 +1,75 @@
+"""SIGTERM under load: every request the server had accepted completes with 200, then the process exits 0.
+
+"Accepted" is made observable: the in-flight gauge of ``/metrics`` must show all the slow
+requests inside the server before the signal is sent. Requests that arrive after the
+signal may be refused at the TCP level (the listening socket is closed), never answered
+with an error status.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from hardening_support import Server, metric_value, start_server
+
+SLOW = {"images": [[128] * 784] * 100, "n_samples": 1000, "seed": 7}  # 100,000 rows of MC work, under max_work
+GRACE_S = 20
+
+
+def test_sigterm_during_load_finishes_accepted_requests_and_exits_0(trained_artifact: Path, tmp_path: Path) -> None:
+    server: Server = start_server(
+        trained_artifact, tmp_path / "service.log", {"graceful_shutdown_s": GRACE_S, "max_concurrency": 1}
+    )
+    try:
+        server.wait_ready()
+        slow_results: list[int | str] = []
+        background: list[int | str] = []
+        stop = threading.Event()
+
+        def slow() -> None:
+            try:
+                r = httpx.post(f"{server.url}/predict/uncertainty", json=SLOW, timeout=120)
+                slow_results.append(r.status_code if len(r.json().get("predictions", [])) == 100 else r.text)
+            except httpx.HTTPError as exc:
+                slow_results.append(repr(exc))
+
+        def hammer() -> None:  # keeps arriving during shutdown on one keep-alive connection
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                while not stop.is_set():
+                    try:
+                        background.append(client.post("/predict", json={"images": [[0] * 784]}).status_code)
+                    except httpx.TransportError:
+                        return
+
+        threads = [threading.Thread(target=slow) for _ in range(4)] + [threading.Thread(target=hammer)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # all 4 slow requests inside the server (+1: this scrape)
+            text = httpx.get(f"{server.url}/metrics", timeout=10).text
+            if metric_value(text, "mcserve_http_requests_in_flight") >= 5 and not slow_results:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the slow requests never were in flight together")
+        accepted_at = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(timeout=GRACE_S + 15)
+        exit_s = time.monotonic() - accepted_at
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        if server.proc.poll() is None:
+            server.stop(signal.SIGKILL)
+    log = server.output()
+    print(f"\nSIGTERM -> exit {code} after {exit_s:.2f} s; slow: {slow_results}; background: {len(background)} x 200")
+    assert slow_results == [200, 200, 200, 200], slow_results
+    assert background and set(background) == {200}, background
+    assert code == 0, log
+    assert "Traceback" not in log and "ERROR" not in log, log
