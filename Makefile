@@ -4,7 +4,7 @@ PY          := $(VENV)/bin/python
 MODEL_DIR   ?= models/current
 TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test lint train serve run bench compose-smoke clean
+.PHONY: install test test-load lint train serve run bench compose-smoke clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ lint: install
 test: install
 	$(MAKE) lint
 	$(PY) -m pytest
+
+# The long load test of docs/hardening.md (20,000 mixed requests, concurrency 64); not part of `make test`.
+test-load: install
+	$(PY) -m pytest -m load tests/hardening
 
 train: install
 	$(PY) -m training --out $(MODEL_DIR)
