@@ -25,6 +25,7 @@ _TUNABLE = (
     ("hidden", int),
     ("val_size", int),
     ("train_limit", int),
+    ("threads", int),
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,13 +17,13 @@ Init = Literal["kaiming", "normal001"]
 @dataclass
 class TrainConfig:
     out_dir: Path = Path("models/current")  # where the artifact directory appears (atomically)
-    data_dir: Path | None = None  # None: the CLI fills in FASHION_MNIST_DIR or /usr/share/datasets/fashion-mnist
+    data_dir: Path | None = None  # None: /usr/share/datasets/fashion-mnist (the CLI tries $FASHION_MNIST_DIR first)
     preset: str = "default"  # name recorded in the manifest ("default" or "d2l")
-    epochs: int = 30  # the one-cycle schedule has converged by ~30 epochs; fits 120 s on 2 cores
+    epochs: int = 50  # val accuracy still rises to ~50 epochs of the one-cycle schedule; ~70 s on 2 idle cores
     seed: int = 0  # one seed drives split, init, shuffling, augmentation and dropout -> bit-identical reruns
     batch_size: int = 256  # the book's batch; small enough for enough steps per epoch, large enough for BLAS
     lr: float = 2e-3  # peak AdamW learning rate of the one-cycle schedule (tuned on the validation split)
-    weight_decay: float = 0.05  # decoupled weight decay: the issue's "trained with weight decay", tuned on val
+    weight_decay: float = 0.2  # decoupled (AdamW) decay on weights only: 0.05 overfits, 0.5 underfits (val)
     dropout1: float = 0.2  # §4.6's rate after the first hidden layer, unchanged
     dropout2: float = 0.5  # §4.6's rate after the second hidden layer, unchanged
     hidden: int = 256  # §4.6's width of both hidden layers, unchanged
@@ -33,7 +33,7 @@ class TrainConfig:
     schedule: Schedule = "onecycle"  # warm-up then cosine annealing: fast early progress, well-settled end point
     init: Init = "kaiming"  # PyTorch's default (Kaiming-uniform) init keeps ReLU activations at unit scale
     normalise: bool = True  # standardise pixels inside the network (mean 0.286, std 0.353): better-conditioned steps
-    augment: bool = True  # random horizontal flips and +-shift pixel shifts on whole batches: cheap regularisation
+    augment: bool = False  # batch flips/shifts: shifts underfit this MLP, flips gave no gain on val (see docs)
     max_shift: int = 2  # garments are centred; shifts beyond 2 px start to cut them off
     ema_decay: float = 0.998  # exponential moving average of the weights (per step); the average is what we export
     label_smoothing: float = 0.0  # none: it would distort the predictive probabilities we calibrate on
@@ -44,7 +44,6 @@ class TrainConfig:
     uncertainty_quantile: float = 0.95  # MI threshold = this quantile of in-distribution validation MI
     plots: bool = True  # write the PNG plots next to the artifact
     download: bool = False  # never fetch data unless asked (tests and CI stay offline)
-    extra_notes: dict[str, Any] = field(default_factory=dict)  # free-form, recorded in the manifest
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -102,7 +102,7 @@ def train(
     opt = _optimizer(config, model)
     steps_per_epoch = -(-len(train_split) // config.batch_size)
     sched: torch.optim.lr_scheduler.LRScheduler | None = None
-    if config.schedule == "onecycle":
+    if config.schedule == "onecycle" and config.epochs * steps_per_epoch >= 8:  # shorter runs: constant lr
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.25
         )
