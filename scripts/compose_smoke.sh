@@ -116,6 +116,17 @@ prometheus_config() {  # the real config, with targets pointing at the host-netw
   export MCSERVE_SMOKE_PROM_CONFIG="$WORK/prometheus.yml"
 }
 
+overrides_render() {  # the overrides the smoke test does not run still have to be valid compose
+  compose config -q
+  "$DOCKER_BIN" compose -f docker-compose.yml -f deploy/compose.gpu.yml config -q
+  GRAFANA_ADMIN_PASSWORD=smoke "$DOCKER_BIN" compose -f docker-compose.yml -f deploy/compose.grafana-admin.yml config -q
+  if "$DOCKER_BIN" compose -f docker-compose.yml -f deploy/compose.grafana-admin.yml config -q 2>/dev/null; then
+    echo "grafana-admin override accepted an empty admin password" >&2
+    return 1
+  fi
+  echo "docker-compose.yml + smoke, gpu, grafana-admin overrides: valid"
+}
+
 port_free() {
   local port
   for port in "$API_PORT" "$PROM_PORT"; do
@@ -183,6 +194,7 @@ step "build train target (offline)" build train mcserve-train:latest "$TRAIN_TOR
 step "build prometheus stand-in" build_prometheus_standin
 step "check images (contents, user, healthcheck, sizes)" check_images
 step "prometheus config for host networking" prometheus_config
+step "compose files valid (smoke, gpu, grafana-admin overrides)" overrides_render
 step "ports $API_PORT/$PROM_PORT free" port_free
 step "docker compose up -d: train runs to completion, then api + prometheus start" compose_up
 step "train exited 0" wait_train
