@@ -188,6 +188,7 @@ def atomic_directory(out_dir: Path | str) -> Iterator[Path]:
         yield staging
         for child in staging.iterdir():
             if child.is_file():
+                child.chmod(0o644)  # readable by a serving user other than the trainer
                 with open(child, "rb") as fh:
                     os.fsync(fh.fileno())
         staging.chmod(0o755)

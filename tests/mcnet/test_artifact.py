@@ -140,3 +140,10 @@ def test_mc_flag_turns_dropout_on_without_train_mode() -> None:
     b = model(x, mc=True)
     assert not torch.equal(a, b)
     assert not model.training
+
+
+def test_published_files_are_world_readable(tmp_path: Path) -> None:
+    out, _ = _export(tmp_path)
+    for name in (mcnet.WEIGHTS_FILE, mcnet.MANIFEST_FILE):
+        assert (out / name).stat().st_mode & 0o044 == 0o044, name
+    assert out.stat().st_mode & 0o055 == 0o055
