@@ -58,9 +58,10 @@ class ArtifactError(RuntimeError):
     def __init__(self, path: Path | str, problem: str) -> None:
         self.path = Path(path)
         self.problem = problem
+        artifact_dir = self.path.parent if self.path.suffix in {".json", ".safetensors"} else self.path
         super().__init__(
             f"{self.path}: {problem}. Re-export the model with "
-            f"`python -m training --out {self.path if self.path.is_dir() else self.path.parent}` "
+            f"`python -m training --out {artifact_dir}` "
             "or point MCSERVE_MODEL_DIR at a valid artifact directory."
         )
 

@@ -90,8 +90,9 @@ def test_missing_file_is_named(tmp_path: Path, missing: str) -> None:
 
 
 def test_missing_directory_and_garbage_manifest(tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match="does not exist"):
+    with pytest.raises(ArtifactError, match="does not exist") as info:
         load_artifact(tmp_path / "nope")
+    assert f"python -m training --out {tmp_path / 'nope'}`" in str(info.value)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / mcnet.MANIFEST_FILE).write_text("{not json")
     with pytest.raises(ArtifactError, match="cannot be read"):
