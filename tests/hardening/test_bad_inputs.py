@@ -59,3 +59,17 @@ def test_service_still_serves_after_the_catalogue(http: httpx.Client, fashion_di
     r = http.post(MC, json={"images": [image], "n_samples": 20, "seed": 1})
     assert r.status_code == 200 and len(r.json()["predictions"]) == 1
     assert http.get("/readyz").status_code == 200
+
+
+def test_every_rejection_is_counted_under_its_route_and_status(hardened: Server) -> None:
+    """The request counter is exact for refused requests too (413s from the body limit included)."""
+    catalogue = _catalogue()
+    keys = {(c.path, str(c.status)) for c in catalogue}
+    before = {k: hardened.metric("mcserve_http_requests_total", route=k[0], method="POST", status=k[1]) for k in keys}
+    with httpx.Client(base_url=hardened.url, timeout=30) as client:
+        for case in catalogue:
+            client.post(case.path, content=case.body, headers={"content-type": case.content_type})
+    for path, status in keys:
+        sent = sum(1 for c in catalogue if (c.path, str(c.status)) == (path, status))
+        after = hardened.metric("mcserve_http_requests_total", route=path, method="POST", status=status)
+        assert after - before[(path, status)] == sent, (path, status)

@@ -76,7 +76,10 @@ def _dir_missing(d: Path) -> dict[str, str]:
 
 
 def _cuda_without_gpu(d: Path) -> dict[str, str]:
-    return {"MCSERVE_DEVICE": "cuda"}
+    """``cuda`` on a machine without CUDA; on one with GPUs, an index past the last one."""
+    import torch
+
+    return {"MCSERVE_DEVICE": f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"}
 
 
 def _bad_setting(d: Path) -> dict[str, str]:
@@ -92,7 +95,7 @@ CASES: list[tuple[str, Breaker, str]] = [
     ("missing manifest", _missing_manifest, "manifest.json is missing"),
     ("model dir is a file", _dir_is_a_file, "not a directory"),
     ("model dir missing", _dir_missing, "does not exist"),
-    ("MCSERVE_DEVICE=cuda without a GPU", _cuda_without_gpu, "no CUDA device"),
+    ("MCSERVE_DEVICE=cuda without a GPU", _cuda_without_gpu, "CUDA device"),
     ("bad setting", _bad_setting, "MCSERVE_MAX_BATCH"),
 ]
 
