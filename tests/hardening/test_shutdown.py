@@ -50,9 +50,9 @@ def test_sigterm_during_load_finishes_accepted_requests_and_exits_0(trained_arti
         for t in threads:
             t.start()
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # all 4 slow requests inside the server (+1: this scrape)
+        while time.monotonic() < deadline:  # 4 slow + 1 keep-alive request inside the server (+1: this scrape)
             text = httpx.get(f"{server.url}/metrics", timeout=10).text
-            if metric_value(text, "mcserve_http_requests_in_flight") >= 5 and not slow_results:
+            if metric_value(text, "mcserve_http_requests_in_flight") >= 6 and not slow_results:
                 break
             time.sleep(0.02)
         else:
