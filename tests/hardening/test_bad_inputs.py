@@ -73,3 +73,22 @@ def test_every_rejection_is_counted_under_its_route_and_status(hardened: Server)
         sent = sum(1 for c in catalogue if (c.path, str(c.status)) == (path, status))
         after = hardened.metric("mcserve_http_requests_total", route=path, method="POST", status=status)
         assert after - before[(path, status)] == sent, (path, status)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        ("PUT", PREDICT, 405, "POST"),
+        ("GET", PREDICT, 405, "POST"),
+        ("PATCH", MC, 405, "POST"),
+        ("POST", "/livez", 405, "GET"),
+        ("DELETE", "/info", 405, "GET"),
+        ("GET", "/no-such-route", 404, None),
+    ],
+)
+def test_wrong_method_or_route_gets_the_error_shape(
+    http: httpx.Client, method: str, path: str, status: int, allow: str | None
+) -> None:
+    r = http.request(method, path)
+    assert r.status_code == status and r.headers.get("allow") == allow
+    assert r.json()["error"]["code"] in ("method_not_allowed", "not_found")
