@@ -77,22 +77,28 @@ ci_engine_start() {
 
 # Stop dockerd by the PID in its pidfile (never a broad kill); wait for it to exit.
 ci_engine_stop() {
-  local pidfile="$CI_RUN/dockerd.pid" pid i
-  [ -f "$pidfile" ] || return 0
-  pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid"
-    for i in $(seq 1 150); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.2
-    done
+  local pidfile="$CI_RUN/dockerd.pid" pid i mnt
+  if [ -f "$pidfile" ]; then
+    pid=$(cat "$pidfile")
     if kill -0 "$pid" 2>/dev/null; then
-      ci_log "dockerd PID $pid did not stop in 30 s; sending SIGKILL"
-      kill -9 "$pid" || true
+      kill "$pid"
+      for i in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+      done
+      if kill -0 "$pid" 2>/dev/null; then
+        ci_log "dockerd PID $pid did not stop in 30 s; sending SIGKILL"
+        kill -9 "$pid" || true
+      fi
+      ci_log "dockerd (PID $pid) stopped"
     fi
-    ci_log "dockerd (PID $pid) stopped"
+    rm -f "$pidfile"
   fi
-  rm -f "$pidfile"
+  # dockerd leaves its network-namespace mount (exec-root/netns/default) behind: unmount
+  # whatever is still mounted under this run's exec root, deepest first, and nothing else.
+  awk -v root="$CI_RUN/exec/" 'index($2, root) == 1 { print $2 }' /proc/mounts | sort -r | while read -r mnt; do
+    ci_as_root umount "$mnt" 2>/dev/null || ci_as_root umount -l "$mnt" || true
+  done
 }
 
 # Make a debootstrap rootfs look like the official -slim image: no apt lists or cached

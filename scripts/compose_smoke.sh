@@ -104,7 +104,10 @@ check_images() {  # the serve image holds the service only and runs unprivileged
     || { echo "serve image has no HEALTHCHECK" >&2; return 1; }
   "$DOCKER_BIN" run --rm --network host --entrypoint python mcserve-train:latest \
     -c "import training, torchvision, os; print('train image: training + torchvision', torchvision.__version__, sorted(os.listdir('/usr/share/datasets/fashion-mnist')))"
-  "$DOCKER_BIN" image ls --format '  {{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E 'mcserve|debian' | tee "$WORK/sizes.txt"
+  echo "serve image layers (newest first):"
+  "$DOCKER_BIN" history --format '  {{.Size}}\t{{.CreatedBy}}' mcserve-api:latest | grep -v '^  0B' | cut -c1-150
+  echo "image sizes:"
+  "$DOCKER_BIN" image ls --format '  {{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E 'mcserve|debian' | sort
 }
 
 prometheus_config() {  # the real config, with targets pointing at the host-network ports
