@@ -87,6 +87,7 @@ def run(quick: bool, threads: int, model_dir: Path | None, chunk_size: int) -> d
                 gen = torch.Generator().manual_seed(1234)
                 timing = _time(lambda impl=impl, x=x, t=n_samples, g=gen: impl(model, x, t, g), quick)
                 matrix.append(_record(name, n_samples, batch, timing))
+                print(f"bench kernel: {name} T={n_samples} B={batch}: {timing.median_s * 1e3:.2f} ms/call", flush=True)
     for rec in matrix:
         out[f"{rec['impl']}_us_per_image_b{rec['batch']}_t{rec['n_samples']}"] = rec["us_per_image"]
 
