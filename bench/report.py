@@ -164,7 +164,8 @@ def plot(sec: dict[str, dict[str, Any]], path: Path) -> bool:
     for i, c in enumerate((1, 16, 64)):
         xs = [j + (i - 1) * width for j in range(len(servers))]
         ax1.bar(xs, [h.get(f"{key}_rps_c{c}") or 0 for _, key in servers], width, label=f"c={c}")
-    ax1.set_xticks(range(len(servers)), [n.replace(" (", "\n(") for n, _ in servers], fontsize=7, rotation=20)
+    labels = [n.replace("`", "").replace(" (", "\n(") for n, _ in servers]
+    ax1.set_xticks(range(len(servers)), labels, fontsize=7, rotation=20)
     ax1.set_ylabel("requests / s")
     ax1.set_title("HTTP throughput (wrk, one image per request)")
     ax1.legend()
