@@ -20,9 +20,15 @@ def test_api_waits_for_train_and_has_a_healthcheck_on_port_8000(compose: dict[st
     assert api["build"]["target"] == "serve"
     assert api["depends_on"]["train"]["condition"] == "service_completed_successfully"
     assert api["healthcheck"]["test"] == ["CMD", "mcserve-healthcheck"]
-    assert api["ports"] == ["${MCSERVE_API_PORT:-8000}:8000"]
+    assert api["ports"] == ["${MCSERVE_BIND:-127.0.0.1}:${MCSERVE_API_PORT:-8000}:8000"]
     assert api["environment"]["MCSERVE_PORT"] == "8000"
     assert "models:/models:ro" in api["volumes"]
+
+
+def test_ports_are_published_on_localhost_by_default(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("${MCSERVE_BIND:-127.0.0.1}:"), name
 
 
 def test_prometheus_loads_config_and_rules(compose: dict[str, Any]) -> None:
