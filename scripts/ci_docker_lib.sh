@@ -64,10 +64,15 @@ ci_engine_start() {
     --bridge=none --storage-driver=overlay2 --exec-opt native.cgroupdriver=cgroupfs \
     --data-root "$CI_CACHE/docker-root" --exec-root "$CI_RUN/exec" --pidfile "$pidfile" \
     --host "$DOCKER_HOST" >"$CI_RUN/dockerd.log" 2>&1 &
+  local launcher=$!
   for i in $(seq 1 100); do
     if "$DOCKER_BIN" info >/dev/null 2>&1; then
       ci_log "dockerd ready (PID $(cat "$pidfile"), socket $DOCKER_HOST) after ~$((i / 10)).$((i % 10)) s"
       return 0
+    fi
+    if ! kill -0 "$launcher" 2>/dev/null; then
+      tail -n 30 "$CI_RUN/dockerd.log" >&2 || true
+      ci_die "dockerd exited during startup (log: $CI_RUN/dockerd.log)"
     fi
     sleep 0.1
   done

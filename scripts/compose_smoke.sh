@@ -27,11 +27,13 @@ export DOCKER_BUILDKIT=1 COMPOSE_PROJECT_NAME=$PROJECT
 mkdir -p "$CI_RUN"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mcserve-smoke.XXXXXX")
 TIMINGS=()
+CURRENT_STEP=""
 T0=$(date +%s)
 
 step() {  # step "name" command...: run, time, record; any failure ends the test (trap cleans up)
   local name=$1 start rc=0
   shift
+  CURRENT_STEP=$name
   ci_log "==> $name"
   start=$(date +%s.%N)
   "$@" || rc=$?
@@ -65,7 +67,7 @@ cleanup() {
   find "$REPO/deploy/wheelhouse" -maxdepth 1 -name '*.whl' -delete
   rm -rf "$WORK"
   summary
-  if [ $rc -eq 0 ]; then echo "compose smoke: PASS"; else echo "compose smoke: FAIL (exit $rc)" >&2; fi
+  if [ $rc -eq 0 ]; then echo "compose smoke: PASS"; else echo "compose smoke: FAIL (exit $rc) in step: ${CURRENT_STEP:-setup}" >&2; fi
   exit $rc
 }
 trap cleanup EXIT
