@@ -7,6 +7,7 @@ still answer a good request.
 from __future__ import annotations
 
 import gzip
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def http(hardened: Server) -> Iterator[httpx.Client]:
 
 
 def _catalogue() -> list[Case]:
-    image = first_test_image(Path("/usr/share/datasets/fashion-mnist"))
+    image = first_test_image(Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")))
     return cases(image, LIMITS)
 
 
