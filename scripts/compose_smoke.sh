@@ -197,6 +197,7 @@ step "link wheelhouse into the build context" link_wheelhouse
 step "build serve target (offline)" build serve mcserve-api:latest "$SERVE_TORCH_SPEC"
 step "build train target (offline)" build train mcserve-train:latest "$TRAIN_TORCH_SPEC"
 step "build prometheus stand-in" build_prometheus_standin
+step "drop dangling images from earlier builds" "$DOCKER_BIN" image prune -f
 step "check images (contents, user, healthcheck, sizes)" check_images
 step "prometheus config for host networking" prometheus_config
 step "compose files valid (smoke, gpu, grafana-admin overrides)" overrides_render
