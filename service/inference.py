@@ -37,13 +37,57 @@ def predict_eval(model: DropoutMLP, x: torch.Tensor) -> torch.Tensor:
         return F.softmax(model(x), dim=-1)
 
 
-def _dropout_mask(shape: tuple[int, ...], p: float, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Inverted-dropout mask as ``F.dropout`` applies it: Bernoulli(1-p) scaled by 1/(1-p)."""
+_WORD_LOW, _WORD_HIGH = -(2**63), 2**63 - 1  # full int64 range: 64 uniformly random bits per word
+_BIT_SHIFTS = torch.arange(8, dtype=torch.int64).unsqueeze(1)  # (8, 1) against (1, words)
+_BYTE_LSBS = 0x0101010101010101  # the lowest bit of each of a word's 8 bytes
+_THRESHOLD_BITS = 16  # a rate other than 0 or 1/2 is quantised to a multiple of 2**-16
+
+
+@dataclass(frozen=True)
+class _MaskPlan:
+    """How one dropout layer's keep-mask is drawn; ``keep`` is the exact keep probability used."""
+
+    kind: str  # "none" (p = 0), "bit" (p = 1/2: one random bit per unit), "threshold" (16-bit comparison)
+    keep: float
+    threshold: int = 0  # a signed 16-bit value r is kept when r >= threshold
+
+    def words(self, n: int) -> int:
+        """Random 64-bit words needed for ``n`` mask entries."""
+        if self.kind == "bit":
+            return (n + 63) // 64
+        if self.kind == "threshold":
+            return (n + 3) // 4
+        return 0
+
+    def mask(self, words: torch.Tensor, n: int) -> torch.Tensor:
+        """Flat boolean keep-mask of ``n`` entries from ``self.words(n)`` random words."""
+        if self.kind == "bit":
+            # shift k, then keep bit 0 of every byte: 8 x 8 whole bytes of 0/1 per word, one per unit
+            bits = (words.unsqueeze(0) >> _BIT_SHIFTS.to(words.device)) & _BYTE_LSBS
+            return bits.view(torch.uint8).view(-1)[:n].view(torch.bool)
+        return words.view(torch.int16)[:n] >= self.threshold
+
+
+def effective_dropout(p: float) -> float:
+    """The dropout rate ``mc_predict`` actually applies for a nominal rate ``p``.
+
+    0 and 1/2 are exact; any other rate is rounded to the nearest multiple of 2**-16
+    (0.2 -> 13107/65536 = 0.19999695). Kept units are scaled by the exact 1/keep, so
+    every pass stays an unbiased inverted dropout.
+    """
+    return 1.0 - _plan(p).keep
+
+
+def _plan(p: float) -> _MaskPlan:
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {p}")
     if p == 0.0:
-        return torch.ones(shape, dtype=like.dtype, device=like.device)
-    keep = 1.0 - p
-    mask = torch.empty(shape, dtype=like.dtype, device=like.device)
-    return mask.bernoulli_(keep, generator=generator).div_(keep)
+        return _MaskPlan("none", 1.0)
+    if p == 0.5:
+        return _MaskPlan("bit", 0.5)
+    scale = 1 << _THRESHOLD_BITS
+    drop = min(max(round(p * scale), 1), scale - 1)
+    return _MaskPlan("threshold", 1.0 - drop / scale, threshold=drop - scale // 2)
 
 
 def mc_predict(
@@ -60,16 +104,22 @@ def mc_predict(
     ``(t, B, H)`` blocks of at most ``chunk_size`` rows (t >= 1 samples per
     block), reduced with running sums of p, p^2 and p*log p so memory stays
     bounded for any T x B.
+
+    Masks come from one ``random_`` call of 64-bit words per block: one bit per
+    unit for p = 1/2, a 16-bit comparison for other rates (see
+    ``effective_dropout``). They are applied by multiplying with a bool tensor
+    and the 1/keep scales are folded into the GEMMs (``addmm(alpha=...)``).
     """
     if model.training:
         raise RuntimeError("the served model must stay in eval() mode")
     if n_samples < 1:
         raise ValueError("n_samples must be >= 1")
-    p1, p2 = model.arch.dropout
+    plan1, plan2 = (_plan(p) for p in model.arch.dropout)
+    fc2, fc3 = model.fc2, model.fc3
     with torch.inference_mode():
         h1 = model.hidden1(x)  # (B, H1), deterministic
         batch, width1 = h1.shape
-        classes = model.fc3.out_features
+        width2, classes = fc2.out_features, fc3.out_features
         sum_p = torch.zeros(batch, classes, dtype=torch.float64, device=h1.device)
         sum_p2 = torch.zeros(batch, classes, dtype=torch.float64, device=h1.device)
         sum_neg_plogp = torch.zeros(batch, dtype=torch.float64, device=h1.device)
@@ -77,10 +127,21 @@ def mc_predict(
         done = 0
         while done < n_samples:
             t = min(per_chunk, n_samples - done)
-            h = h1.unsqueeze(0) * _dropout_mask((t, batch, width1), p1, h1, generator)
-            h2 = F.relu(model.fc2(h.reshape(t * batch, width1)))
-            h2 = h2 * _dropout_mask(tuple(h2.shape), p2, h2, generator)
-            log_p = F.log_softmax(model.fc3(h2), dim=-1).reshape(t, batch, classes)
+            rows = t * batch
+            n1, n2 = rows * width1, rows * width2
+            w1, w2 = plan1.words(n1), plan2.words(n2)
+            words = torch.empty(w1 + w2, dtype=torch.int64, device=h1.device)
+            if w1 + w2:
+                words.random_(_WORD_LOW, _WORD_HIGH, generator=generator)  # one RNG call per chunk
+            if plan1.kind == "none":
+                h = h1.repeat(t, 1)
+            else:  # multiply by a bool keep-mask (faster than torch.where); 1/keep is folded into the GEMM
+                h = (h1.unsqueeze(0) * plan1.mask(words[:w1], n1).view(t, batch, width1)).view(rows, width1)
+            h2 = torch.relu_(torch.addmm(fc2.bias, h, fc2.weight.t(), alpha=1.0 / plan1.keep))
+            if plan2.kind != "none":
+                h2.mul_(plan2.mask(words[w1:], n2).view(rows, width2))
+            logits = torch.addmm(fc3.bias, h2, fc3.weight.t(), alpha=1.0 / plan2.keep)
+            log_p = F.log_softmax(logits, dim=-1).view(t, batch, classes)
             p = log_p.exp()
             p64 = p.to(torch.float64)
             sum_p += p64.sum(dim=0)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mcnet import Architecture, DropoutMLP, load_artifact, save_artifact
-from service.inference import MCResult, mc_predict, predict_eval
+from service.inference import MCResult, _plan, effective_dropout, mc_predict, predict_eval
 
 T = 3000  # passes on each side of the equivalence test
 
@@ -154,3 +154,28 @@ def test_kernel_refuses_a_model_in_train_mode(model: DropoutMLP, x: torch.Tensor
         mc_predict(twin, x, 2, gen(0))
     with pytest.raises(RuntimeError, match="eval"):
         predict_eval(twin, x)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.3, 0.5, 0.9])
+def test_masks_drop_units_at_the_effective_rate(p: float) -> None:
+    """Each unit is kept independently with the documented probability (0.5 exact, others to 2**-16)."""
+    rate = effective_dropout(p)
+    assert abs(rate - p) <= 2**-17
+    if p == 0.5:
+        assert rate == 0.5
+    plan = _plan(p)
+    n = 1 << 20
+    keep = plan.mask(torch.empty(plan.words(n), dtype=torch.int64).random_(-(2**63), 2**63 - 1, generator=gen(5)), n)
+    assert keep.dtype == torch.bool and keep.shape == (n,)
+    kept = float(keep.float().mean())
+    assert abs(kept - (1 - rate)) < 5 * (rate * (1 - rate) / n) ** 0.5
+    pairs = keep[: n // 2 * 2].view(-1, 2).float()  # neighbouring units are independent
+    assert abs(float((pairs[:, 0] * pairs[:, 1]).mean()) - (1 - rate) ** 2) < 5 * (1 / n) ** 0.5
+
+
+def test_effective_dropout_of_the_served_rates() -> None:
+    assert effective_dropout(0.0) == 0.0
+    assert effective_dropout(0.5) == 0.5
+    assert effective_dropout(0.2) == 13107 / 65536
+    with pytest.raises(ValueError):
+        effective_dropout(1.0)
