@@ -25,14 +25,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:  # async: FastAPI runs sync dependencies in a worker thread
     engine: Engine = request.app.state.engine
     if not engine.ready:
         raise NotReadyError()
     return engine
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 

@@ -87,6 +87,36 @@ def test_the_pixel_position_is_named() -> None:
         decode(images=[_bad_image(30, 300)])
 
 
+def _two_bad(first: tuple[int, Any], second: tuple[int, Any]) -> list[Any]:
+    flat = _bad_image(*first)
+    flat[second[0]] = second[1]
+    return flat
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (_two_bad((40, 300), (50, "x")), "pixel 50 (row 1, column 22) is str, expected a number"),
+        (_two_bad((40, False), (50, None)), "pixel 40 (row 1, column 12) is bool, expected a number"),
+        (_two_bad((40, 300), (50, float("nan"))), "pixel 50 (row 1, column 22) is non-finite (nan)"),
+        (_two_bad((40, -1), (50, 256.5)), "pixel 40 (row 1, column 12) = -1 is outside the pixel range 0-255"),
+        (
+            _two_bad((783, 1e9), (0, 0.0)),
+            "pixel 783 (row 27, column 27) = 1000000000.0 is outside the pixel range 0-255",
+        ),
+        (
+            [[0] * 28] * 3 + [[0] * 5 + [255.5] + [0] * 22] + [[0] * 28] * 24,
+            "pixel 89 (row 3, column 5) = 255.5 is outside the pixel range 0-255",
+        ),
+    ],
+)
+def test_the_first_bad_pixel_gets_the_exact_message(image: list[Any], message: str) -> None:
+    """Type errors come before value errors; within a kind, the first offending pixel is named."""
+    with pytest.raises(InputError) as info:
+        decode(images=[[0] * 784, image])
+    assert info.value.field == "images[1]" and info.value.message == f"images[1]: {message}"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field", "needle"),
     [
