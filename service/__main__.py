@@ -59,6 +59,7 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        access_log=settings.access_log,
         workers=1,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
     )

@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(default=2, ge=1, description="inference calls running at once in the worker threads")
     torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info", description="log level")
+    access_log: bool = Field(default=False, description="uvicorn's per-request access log (independent of log_level)")
     graceful_shutdown_s: int = Field(
         default=8, ge=1, description="on SIGTERM, seconds in-flight requests get to finish (below Docker's 10 s)"
     )

@@ -134,3 +134,43 @@ def test_startup_failures_exit_non_zero_with_a_message(artifact_dir: Path, tmp_p
         assert cases[name][1] in stderr, f"{name}: {stderr}"
         assert stderr.startswith("mcserve-serve: error: ") and stderr.count("\n") == 1, f"{name}: {stderr}"
         assert "Traceback" not in stderr and "Uvicorn running" not in stderr
+
+
+def _serve_one_request(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        while True:
+            if proc.poll() is not None:
+                return proc
+            try:
+                if http.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        http.get("/livez")
+    proc.send_signal(signal.SIGTERM)
+    return proc
+
+
+def test_access_log_is_a_setting_independent_of_the_log_level(artifact_dir: Path) -> None:
+    """At log level info the per-request access line appears only with MCSERVE_ACCESS_LOG=true."""
+    settings = {"model_dir": str(artifact_dir), "device": "cpu", "log_level": "info"}
+    procs = {
+        access: _serve_one_request(service_env(port=str(port), **settings, **extra), port)
+        for access, port, extra in [(False, PORT + 2, {}), (True, PORT + 3, {"access_log": "true"})]
+    }
+    for access, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        logs = out.decode() + err.decode()  # uvicorn writes access lines to stdout, the rest to stderr
+        assert proc.returncode == 0 and "Uvicorn running" in logs, logs
+        assert ('"GET /livez HTTP/1.1" 200' in logs) is access, logs

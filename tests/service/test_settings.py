@@ -57,3 +57,12 @@ def test_device_resolution() -> None:
     bad = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
     with pytest.raises(DeviceError, match="MCSERVE_DEVICE"):
         resolve_device(bad)
+
+
+def test_access_log_is_off_by_default_and_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("MCSERVE_"):
+            monkeypatch.delenv(key)
+    assert Settings().access_log is False
+    monkeypatch.setenv("MCSERVE_ACCESS_LOG", "true")
+    assert Settings().access_log is True
