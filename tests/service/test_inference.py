@@ -167,6 +167,8 @@ def test_masks_drop_units_at_the_effective_rate(p: float) -> None:
     n = 1 << 20
     keep = plan.mask(torch.empty(plan.words(n), dtype=torch.int64).random_(-(2**63), 2**63 - 1, generator=gen(5)), n)
     assert keep.dtype == torch.bool and keep.shape == (n,)
+    words = torch.empty(plan.words(n), dtype=torch.int64).random_(-(2**63), 2**63 - 1, generator=gen(5))
+    assert torch.equal(plan.mask(words, n, torch.float32), keep.float())  # the float mask the kernel multiplies by
     kept = float(keep.float().mean())
     assert abs(kept - (1 - rate)) < 5 * (rate * (1 - rate) / n) ** 0.5
     pairs = keep[: n // 2 * 2].view(-1, 2).float()  # neighbouring units are independent
