@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 from fastapi.testclient import TestClient
 from hardening_support import REPO, Server
@@ -89,7 +88,6 @@ def test_serve_image_runs_as_non_root() -> None:
     assert str(api.get("user", users[-1])).split(":")[0] not in ("root", "0")
 
 
-@pytest.mark.xfail(strict=True, reason="docker-compose.yml api lacks read_only: true (deploy owner); docs/hardening.md")
 def test_compose_api_has_a_read_only_root_filesystem() -> None:
     api = _compose()["services"]["api"]
     assert api.get("read_only") is True
