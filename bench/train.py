@@ -14,13 +14,8 @@ configuration and batch size on the real Fashion-MNIST training images:
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +25,6 @@ import torch.nn.functional as F
 from mcnet import InputSpec
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
-
-
-@contextmanager
-def torchvision_root(data_dir: Path = DATA_DIR) -> Iterator[Path]:
-    """A temporary torchvision root (``FashionMNIST/raw`` with decompressed files) built from the Debian .gz files."""
-    with tempfile.TemporaryDirectory(prefix="bench-fmnist-") as tmp:
-        raw = Path(tmp) / "FashionMNIST" / "raw"
-        raw.mkdir(parents=True)
-        for name in _FILES:
-            with gzip.open(data_dir / name, "rb") as src, open(raw / name.removesuffix(".gz"), "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        yield Path(tmp)
 
 
 def _config(quick: bool, threads: int, batch_size: int) -> Any:
@@ -57,10 +34,10 @@ def _config(quick: bool, threads: int, batch_size: int) -> Any:
 
 
 def training_job(config: Any, root: Path, limit: int | None) -> dict[str, Any]:
-    from training.data import Split, _read
+    from training.data import Split, read_split
     from training.train import train
 
-    full = _read(root, True)
+    full = read_split(root, True)
     split = full.head(limit)
     val = Split(full.images[-5000:], full.labels[-5000:])
     result = train(config, split, val, torch.device("cpu"))
@@ -117,7 +94,9 @@ def run(quick: bool, threads: int, batch_size: int, loader_workers: int) -> dict
     torch.set_num_threads(threads)
     config = _config(quick, threads, batch_size)
     limit = 20_000 if quick else None
-    with torchvision_root() as root:
+    from training.data import torchvision_root
+
+    with torchvision_root(DATA_DIR) as root:
         job = training_job(config, root, limit)
         book = dataloader_pipeline(config, root, limit, loader_workers)
     return {

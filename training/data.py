@@ -13,6 +13,8 @@ import functools
 import gzip
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,21 +65,32 @@ class FashionData:
     test: Split
 
 
-def _read(root: Path, train: bool) -> Split:
+def read_split(root: Path, train: bool) -> Split:
+    """The training (60k) or test (10k) images of a torchvision root as uint8/int64 tensors."""
     ds = FashionMNIST(str(root), train=train, download=False)
     return Split(ds.data.to(torch.uint8).contiguous(), ds.targets.to(torch.int64).contiguous())
 
 
-@functools.lru_cache(maxsize=2)
-def _read_flat_gz(data_dir: Path) -> tuple[Split, Split]:
-    """Decompress into a temporary torchvision root and read once per process (tensors are never mutated)."""
+@contextmanager
+def torchvision_root(data_dir: Path) -> Iterator[Path]:
+    """A temporary torchvision root (``FashionMNIST/raw``, decompressed) made from a flat directory of the .gz files.
+
+    The Debian directory is flat and read-only, while torchvision expects ``root/FashionMNIST/raw``.
+    """
     with tempfile.TemporaryDirectory(prefix="fashion-mnist-") as tmp:
         raw = Path(tmp) / "FashionMNIST" / "raw"
         raw.mkdir(parents=True)
         for name in DATA_FILES:
             with gzip.open(data_dir / name, "rb") as src, open(raw / name.removesuffix(".gz"), "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-        return _read(Path(tmp), True), _read(Path(tmp), False)
+        yield Path(tmp)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_flat_gz(data_dir: Path) -> tuple[Split, Split]:
+    """Read a flat .gz directory once per process (tensors are never mutated)."""
+    with torchvision_root(data_dir) as root:
+        return read_split(root, True), read_split(root, False)
 
 
 def read_train_test(data_dir: Path, download: bool = False) -> tuple[Split, Split]:
@@ -86,10 +99,10 @@ def read_train_test(data_dir: Path, download: bool = False) -> tuple[Split, Spli
         return _read_flat_gz(data_dir)
     raw = data_dir / "FashionMNIST" / "raw"
     if all((raw / name.removesuffix(".gz")).is_file() for name in DATA_FILES):
-        return _read(data_dir, True), _read(data_dir, False)
+        return read_split(data_dir, True), read_split(data_dir, False)
     if download:
         FashionMNIST(str(data_dir), train=True, download=True)
-        return _read(data_dir, True), _read(data_dir, False)
+        return read_split(data_dir, True), read_split(data_dir, False)
     raise DataNotFoundError(data_dir)
 
 
