@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,25 +36,27 @@ INNER = """
 set -u
 cd {repo}
 touch /tmp/probe 2>/dev/null && echo "WRITABLE /tmp" ; touch {repo}/probe 2>/dev/null && echo "WRITABLE repo"
-MCSERVE_MODEL_DIR=/tmp/model MCSERVE_DEVICE=cpu MCSERVE_HOST=127.0.0.1 MCSERVE_PORT={port} MCSERVE_LOG_LEVEL=warning \\
+MCSERVE_MODEL_DIR={ro}/model MCSERVE_DEVICE=cpu MCSERVE_HOST=127.0.0.1 MCSERVE_PORT={port} MCSERVE_LOG_LEVEL=warning \\
   setpriv --reuid=65534 --regid=65534 --clear-groups {python} -m service &
 pid=$!
-{python} /tmp/client.py http://127.0.0.1:{port}
+{python} {ro}/client.py http://127.0.0.1:{port}
 kill -TERM $pid
 wait $pid
 echo "service exit $?"
 """
 
+# The model and scripts go on a tmpfs mounted over a fresh directory in /var/tmp (then remounted read-only),
+# not over /tmp: the checkout itself may live under /tmp (CI clones there) and must stay visible.
 OUTER = """
 set -eu
 root={work}/root
 mount --rbind / "$root"
 mount -o remount,bind,ro "$root"
-mount -t tmpfs -o size=64m,mode=1777 tmpfs "$root/tmp"
-cp -r {model} "$root/tmp/model" && chmod -R a+rX "$root/tmp/model"
-cp {work}/client.py {work}/inner.sh "$root/tmp/"
-mount -o remount,ro "$root/tmp"
-chroot "$root" sh /tmp/inner.sh
+mount -t tmpfs -o size=64m,mode=755 tmpfs "$root{ro}"
+cp -r {model} "$root{ro}/model" && chmod -R a+rX "$root{ro}/model"
+cp {work}/client.py {work}/inner.sh "$root{ro}/"
+mount -o remount,ro "$root{ro}"
+chroot "$root" sh {ro}/inner.sh
 """
 
 
@@ -63,15 +66,21 @@ def test_serves_from_a_read_only_root_filesystem_as_nobody(trained_artifact: Pat
     assert shutil.which("unshare") and shutil.which("setpriv") and shutil.which("chroot")
     port = free_port()
     (tmp_path / "client.py").write_text(CLIENT)
-    (tmp_path / "inner.sh").write_text(INNER.format(repo=REPO, port=port, python=sys.executable))
+    # A mount point that `nobody` can reach (pytest's tmp_path is under a 0700 directory).
+    ro = Path(tempfile.mkdtemp(prefix="mcserve-ro-", dir="/var/tmp"))
+    ro.chmod(0o755)
+    (tmp_path / "inner.sh").write_text(INNER.format(repo=REPO, port=port, python=sys.executable, ro=ro))
     (tmp_path / "root").mkdir()
-    outer = OUTER.format(model=trained_artifact, work=tmp_path)
-    result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", outer],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    outer = OUTER.format(model=trained_artifact, work=tmp_path, ro=ro)
+    try:
+        result = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", outer],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+    finally:
+        shutil.rmtree(ro, ignore_errors=True)  # the tmpfs lived only in the private namespace
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "WRITABLE" not in out, out  # the filesystem really was read-only
