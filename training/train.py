@@ -119,7 +119,9 @@ def train(
         model.train()
         perm = torch.randperm(len(train_split), generator=gen).to(device)
         total, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", file=sys.stderr, leave=False)
+        bar = tqdm(  # disable=None: no bar when stderr is not a terminal (container logs get the epoch lines)
+            range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", file=sys.stderr, leave=False, disable=None
+        )
         for step in bar:
             idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
             x = images[idx].to(torch.float32)
