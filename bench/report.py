@@ -14,6 +14,8 @@ from typing import Any
 TEMPLATE = Path(__file__).with_name("doc_template.md")
 HTTP_ROWS = (
     ("mcserve `/predict`", "predict"),
+    ("mcserve `/predict`, batching off (`MCSERVE_BATCH_MAX_IMAGES=1`)", "predict_nobatch"),
+    ("mcserve `/predict`, fast path off (`MCSERVE_FAST_PATH=false`)", "predict_route"),
     ("mcserve `/predict/uncertainty` (T=100)", "uncertainty_t100"),
     ("bare uvicorn (raw ASGI, constant)", "bare_uvicorn"),
     ("bare FastAPI route (constant)", "bare_fastapi"),
@@ -89,6 +91,30 @@ def headline(sec: dict[str, dict[str, Any]]) -> str:
         (
             "LitServe ÷ `/predict` server CPU per request, c=64 (context)",
             rel("litserve_predict_server_cpu_ms_per_req_c64", "predict_server_cpu_ms_per_req_c64"),
+            "",
+            0,
+        ),
+        (
+            "dynamic batching on ÷ off, `/predict` req/s, c=16 (context)",
+            rel("predict_rps_c16", "predict_nobatch_rps_c16"),
+            "",
+            0,
+        ),
+        (
+            "dynamic batching on ÷ off, `/predict` req/s, c=64 (context)",
+            rel("predict_rps_c64", "predict_nobatch_rps_c64"),
+            "",
+            0,
+        ),
+        (
+            "dynamic batching on ÷ off, `/predict` p99 at c=1 (context)",
+            rel("predict_p99_ms_c1", "predict_nobatch_p99_ms_c1"),
+            "",
+            0,
+        ),
+        (
+            "fast path on ÷ off, `/predict` req/s, c=64 (context)",
+            rel("predict_rps_c64", "predict_route_rps_c64"),
             "",
             0,
         ),

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from .engine import Engine
 from .errors import install_handlers
+from .fastpath import FastPredictPath
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
 from .routes import router
@@ -46,6 +47,8 @@ def create_app(
     app.state.settings = settings
     install_handlers(app)
     app.include_router(router)
+    if settings.fast_path:  # innermost: inside the body limit and the metrics, like the routes
+        app.add_middleware(FastPredictPath, engine=engine, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])

@@ -8,7 +8,8 @@ with replicas and let Prometheus aggregate.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.routing import BaseRoute, Match
@@ -67,6 +68,14 @@ class Metrics:
             "mcserve_model_info", "Loaded model (value 1) with its identity as labels",
             ["name", "version", "sha256", "device"], registry=registry,
         )  # fmt: skip
+        self.coalesced_requests = Histogram(
+            "mcserve_batch_coalesced_requests", "Requests served by one /predict forward pass (dynamic batching)",
+            buckets=BATCH_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.coalesced_images = Histogram(
+            "mcserve_batch_coalesced_images", "Images in one /predict forward pass (dynamic batching)",
+            buckets=BATCH_BUCKETS, registry=registry,
+        )  # fmt: skip
         self.ready = Gauge("mcserve_model_ready", "1 when the model is loaded and warmed up", registry=registry)
 
     def set_model(self, name: str, version: str, sha256: str, device: str) -> None:
@@ -78,6 +87,27 @@ class Metrics:
         self.batch_size.labels(endpoint=endpoint).observe(len(labels))
         for label in labels:
             self.predictions.labels(endpoint=endpoint, class_name=label).inc()
+
+    def record_predict(self, predictions: Sequence[Mapping[str, Any]], seconds: float) -> None:
+        """One answered ``/predict`` request: its model time, batch size and predicted classes."""
+        self.inference_latency.labels(endpoint="predict").observe(seconds)
+        self.record_predictions("predict", [p["label"] for p in predictions])
+
+    def record_uncertainty(self, predictions: Sequence[Mapping[str, Any]], n_samples: int, seconds: float) -> None:
+        """One answered ``/predict/uncertainty`` request, including each image's entropy and MI."""
+        for p in predictions:
+            self.predictive_entropy.observe(p["predictive_entropy"])
+            self.mutual_information.observe(p["mutual_information"])
+            if p["uncertain"]:
+                self.uncertain.inc()
+        self.inference_latency.labels(endpoint="predict_uncertainty").observe(seconds)
+        self.mc_samples.observe(n_samples)
+        self.record_predictions("predict_uncertainty", [p["label"] for p in predictions])
+
+    def record_batch(self, requests: int, images: int) -> None:
+        """One dynamic-batching forward pass of ``/predict``: how many requests and images it served."""
+        self.coalesced_requests.observe(requests)
+        self.coalesced_images.observe(images)
 
 
 def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:

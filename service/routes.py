@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .decode import decode_batch
+from .encode import mc_lists, predict_payload, uncertainty_payload
 from .engine import Engine
 from .errors import InputError, NotReadyError, error_response
 from .metrics import Metrics
@@ -43,7 +44,12 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 @router.post("/predict", response_model=PredictResponse, responses=_ERRORS, summary="Deterministic prediction")
 async def predict(body: PredictRequest, engine: EngineDep, metrics: MetricsDep) -> dict[str, Any]:
-    """Class probabilities with dropout off (eval mode): the same request always gets the same bytes."""
+    """Class probabilities with dropout off (eval mode): no randomness, no model state changes.
+
+    Well-formed pixel-list requests are normally answered by the fast path (``service.fastpath``), which
+    batches concurrent requests; this route serves PNG requests, errors, and everything when
+    ``MCSERVE_FAST_PATH=false``.
+    """
     s = engine.settings
 
     def work() -> tuple[list[list[float]], float]:
@@ -53,17 +59,9 @@ async def predict(body: PredictRequest, engine: EngineDep, metrics: MetricsDep) 
         return probs.tolist(), time.perf_counter() - start
 
     probs, seconds = await engine.run(work)
-    loaded = engine.loaded
-    names = loaded.class_names
-    ids = [max(range(len(p)), key=p.__getitem__) for p in probs]
-    metrics.inference_latency.labels(endpoint="predict").observe(seconds)
-    metrics.record_predictions("predict", [names[i] for i in ids])
-    return {
-        "model": loaded.ref,
-        "predictions": [
-            {"class_id": i, "label": names[i], "probabilities": p} for i, p in zip(ids, probs, strict=True)
-        ],
-    }
+    payload = predict_payload(engine.loaded, probs)
+    metrics.record_predict(payload["predictions"], seconds)
+    return payload
 
 
 @router.post(
@@ -90,51 +88,13 @@ async def predict_uncertainty(body: UncertaintyRequest, engine: EngineDep, metri
     def work() -> tuple[dict[str, list[Any]], float]:
         x = decode_batch(body.images, body.images_png, s.max_batch, s.max_png_bytes)
         start = time.perf_counter()
-        r = engine.predict_mc(x, n, seed)
-        out = {
-            "mean": r.mean_probs.cpu().tolist(),
-            "variance": r.variance.cpu().tolist(),
-            "std": r.std.cpu().tolist(),
-            "pe": r.predictive_entropy.cpu().tolist(),
-            "ee": r.expected_entropy.cpu().tolist(),
-            "mi": r.mutual_information.cpu().tolist(),
-        }
+        out = mc_lists(engine.predict_mc(x, n, seed))
         return out, time.perf_counter() - start
 
     out, seconds = await engine.run(work)
-    loaded = engine.loaded
-    names, threshold = loaded.class_names, loaded.threshold
-    predictions = []
-    for b, mean in enumerate(out["mean"]):
-        cid = max(range(len(mean)), key=mean.__getitem__)
-        mi = out["mi"][b]
-        predictions.append(
-            {
-                "class_id": cid,
-                "label": names[cid],
-                "mean_probabilities": mean,
-                "variance": out["variance"][b],
-                "std": out["std"][b],
-                "predictive_entropy": out["pe"][b],
-                "expected_entropy": out["ee"][b],
-                "mutual_information": mi,
-                "uncertain": mi > threshold,
-            }
-        )
-        metrics.predictive_entropy.observe(out["pe"][b])
-        metrics.mutual_information.observe(mi)
-        if mi > threshold:
-            metrics.uncertain.inc()
-    metrics.inference_latency.labels(endpoint="predict_uncertainty").observe(seconds)
-    metrics.mc_samples.observe(n)
-    metrics.record_predictions("predict_uncertainty", [p["label"] for p in predictions])
-    return {
-        "model": loaded.ref,
-        "n_samples": n,
-        "seed": seed,
-        "uncertainty_threshold": threshold,
-        "predictions": predictions,
-    }
+    payload = uncertainty_payload(engine.loaded, out, n, seed)
+    metrics.record_uncertainty(payload["predictions"], n, seconds)
+    return payload
 
 
 @router.get("/livez", response_model=Status, summary="Liveness: the process is up")

@@ -30,6 +30,16 @@ class Settings(BaseSettings):
     max_png_bytes: int = Field(default=64 * 1024, ge=64, description="largest decoded PNG file in bytes")
     mc_chunk_size: int = Field(default=8192, ge=1, description="rows (samples x images) per MC step")
     max_concurrency: int = Field(default=2, ge=1, description="inference calls running at once in the worker threads")
+    fast_path: bool = Field(
+        default=True, description="serve well-formed /predict pixel requests without FastAPI's per-request overhead"
+    )
+    batch_max_images: int = Field(
+        default=256, ge=1, description="dynamic batching: most images in one /predict forward pass (1 turns it off)"
+    )
+    batch_max_wait_ms: float = Field(
+        default=0.0, ge=0.0, le=1000.0,
+        description="dynamic batching: how long a /predict request waits for company; 0 = only requests already queued",
+    )  # fmt: skip
     torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info", description="log level")
     access_log: bool = Field(default=False, description="uvicorn's per-request access log (independent of log_level)")

@@ -69,6 +69,8 @@ def panels() -> list[Panel]:
         f' / sum(rate(mcserve_predictions_total{{endpoint="predict_uncertainty"}}[{RATE}]))'
     )
     mean_samples = f"sum(rate(mcserve_mc_samples_sum[{RATE}])) / sum(rate(mcserve_mc_samples_count[{RATE}]))"
+    coalesced = "mcserve_batch_coalesced_requests"
+    mean_coalesced = f"sum(rate({coalesced}_sum[{RATE}])) / sum(rate({coalesced}_count[{RATE}]))"
     return [
         panel(
             "Model",
@@ -171,6 +173,13 @@ def panels() -> list[Panel]:
             quantiles("mcserve_batch_size_images", "endpoint"),
             "short",
             "Images per inference request by endpoint.",
+        ),
+        panel(
+            "Dynamic batching: /predict requests per forward pass",
+            "timeseries",
+            [target(mean_coalesced, "mean", "A"), *quantiles("mcserve_batch_coalesced_requests", "job")[2:]],
+            "short",
+            "Requests that shared one eval-mode forward pass (mean and p99); 1 means no coalescing.",
         ),
     ]
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from service.decode import decode_batch, image_from_list, image_from_png
+from service.decode import decode_batch, decode_number_lists, image_from_list, image_from_png
 from service.errors import DecodeError, InputError
 
 LIMIT = 64 * 1024
@@ -181,3 +181,50 @@ def test_bad_pngs(payload: Any, error: type[Exception], needle: str) -> None:
     assert isinstance(info.value, error) and needle in str(info.value)
     assert getattr(info.value, "field", None) == "images_png[0]"
     assert getattr(info.value, "status", None) == (400 if error is DecodeError else 422)
+
+
+def _valid_batches() -> list[list[object]]:
+    rng = np.random.default_rng(0)
+    ints = rng.integers(0, 256, 784).tolist()
+    floats = (rng.random(784) * 255).tolist()
+    nested = [ints[r * 28 : (r + 1) * 28] for r in range(28)]
+    return [[ints], [nested], [floats], [ints, nested, floats], [[0] * 784, [255.0] * 784], [[-0.0] * 784]]
+
+
+@pytest.mark.parametrize("batch", _valid_batches(), ids=["ints", "nested", "floats", "mixed", "ends", "negzero"])
+def test_number_list_decoder_returns_exactly_what_decode_batch_returns(batch: list[object]) -> None:
+    fast = decode_number_lists(batch, max_batch=8)
+    assert fast is not None
+    reference = decode_batch(batch, None, 8, 1024)
+    assert fast.dtype == reference.dtype == torch.float32
+    assert torch.equal(fast, reference)
+
+
+def _invalid_batches() -> dict[str, object]:
+    ok = [1] * 784
+    return {
+        "empty": [],
+        "too many": [ok] * 9,
+        "not a list": {"a": 1},
+        "image not a list": [7],
+        "783 values": [[1] * 783],
+        "785 values": [[1] * 785],
+        "27 rows": [[[1] * 28] * 27],
+        "short row": [[[1] * 28] * 27 + [[1] * 27]],
+        "list among pixels": [[[1]] + [1] * 783],
+        "256": [[256] + [1] * 783],
+        "-1": [[-1] + [1] * 783],
+        "255.5": [[255.5] + [1] * 783],
+        "nan": [[float("nan")] + [1] * 783],
+        "inf": [[float("inf")] + [1] * 783],
+        "2**64": [[2**64] + [1] * 783],
+        "-(2**70)": [[-(2**70)] + [1] * 783],
+    }
+
+
+@pytest.mark.parametrize("name", list(_invalid_batches()))
+def test_number_list_decoder_declines_what_decode_batch_refuses(name: str) -> None:
+    batch = _invalid_batches()[name]
+    assert decode_number_lists(batch, max_batch=8) is None
+    with pytest.raises(InputError):
+        decode_batch(batch, None, 8, 1024)  # type: ignore[arg-type]

@@ -1,0 +1,132 @@
+"""Dynamic batching: concurrent ``/predict`` requests share one forward pass.
+
+Requests are queued on the event loop. The first request of a batch schedules a flush:
+with ``max_wait_s == 0`` (the default) the flush runs on the loop's *next* iteration,
+so it only picks up requests that are already waiting and never delays a lone request;
+with ``max_wait_s > 0`` the first request waits up to that long for company. A flush
+takes queued requests in arrival order until ``max_images`` would be exceeded (a single
+request larger than that still runs, alone), concatenates their images, runs one
+forward pass and hands every request its own rows.
+
+The forward pass runs on the event loop itself: an eval-mode pass of this MLP costs
+about 0.1 ms for one image and about 3 ms for 256, less than a hop to a worker
+thread costs at low load, and it is bounded by ``max_images``.
+
+Nothing here knows about HTTP or about the model: ``forward`` maps a ``(N, ...)``
+tensor to ``(N, ...)`` rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one flush did, for metrics."""
+
+    requests: int
+    images: int
+    seconds: float  # forward pass only
+
+
+class MicroBatcher:
+    """Coalesces concurrent ``submit`` calls into single ``forward`` calls."""
+
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        max_images: int,
+        max_wait_s: float = 0.0,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        if max_images < 1:
+            raise ValueError("max_images must be at least 1")
+        if max_wait_s < 0:
+            raise ValueError("max_wait_s must be >= 0")
+        self.forward = forward
+        self.max_images = max_images
+        self.max_wait_s = max_wait_s
+        self.on_batch = on_batch
+        self._queue: deque[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]] = deque()
+        self._queued_images = 0
+        self._timer: asyncio.Handle | None = None
+
+    @property
+    def queued_requests(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``forward`` rows for ``x``, computed together with whatever else is queued."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[torch.Tensor] = loop.create_future()
+        self._queue.append((x, future))
+        self._queued_images += int(x.shape[0])
+        if self._queued_images >= self.max_images:
+            self._flush()
+        elif self._timer is None:
+            if self.max_wait_s > 0:
+                self._timer = loop.call_later(self.max_wait_s, self._flush)
+            else:
+                self._timer = loop.call_soon(self._flush)
+        return await future
+
+    def _take(self) -> list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]]:
+        """Queued requests in arrival order up to ``max_images`` (at least one); cancelled ones are dropped."""
+        batch: list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]] = []
+        images = 0
+        while self._queue:
+            x, future = self._queue[0]
+            n = int(x.shape[0])
+            if batch and images + n > self.max_images:
+                break
+            self._queue.popleft()
+            self._queued_images -= n
+            if future.cancelled():  # the client went away while queued: no work for it
+                continue
+            batch.append((x, future))
+            images += n
+        return batch
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._queue:
+            batch = self._take()
+            if batch:
+                self._run(batch)
+            if self._queued_images < self.max_images:
+                break  # the rest (if any) waits for company again, under a fresh timer
+        if self._queue and self._timer is None:
+            loop = asyncio.get_running_loop()
+            if self.max_wait_s > 0:
+                self._timer = loop.call_later(self.max_wait_s, self._flush)
+            else:
+                self._timer = loop.call_soon(self._flush)
+
+    def _run(self, batch: list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]]) -> None:
+        start = time.perf_counter()
+        try:
+            xs = [x for x, _ in batch]
+            out = self.forward(xs[0] if len(xs) == 1 else torch.cat(xs))
+        except Exception as exc:  # every waiting request gets the failure, the loop keeps running
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        seconds = time.perf_counter() - start
+        row = 0
+        for x, future in batch:
+            n = int(x.shape[0])
+            if not future.done():
+                future.set_result(out[row : row + n])
+            row += n
+        if self.on_batch is not None:
+            self.on_batch(BatchStats(requests=len(batch), images=row, seconds=seconds))

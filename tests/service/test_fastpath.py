@@ -1,0 +1,127 @@
+"""The /predict fast path: same payloads as the FastAPI route, dynamic batching under concurrency, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from service import Settings, create_app
+from service.engine import Engine
+
+
+@pytest.fixture(scope="module")
+def engine(trained_artifact: Path, make_settings: Callable[..., Settings]) -> Engine:
+    e = Engine(make_settings(trained_artifact))
+    e.load()
+    return e
+
+
+@pytest.fixture(scope="module")
+def both(trained_artifact: Path, make_settings: Callable[..., Settings]) -> Iterator[tuple[TestClient, TestClient]]:
+    """(fast path on, fast path off) in-process clients of the same artifact."""
+    fast = create_app(make_settings(trained_artifact))
+    slow = create_app(make_settings(trained_artifact, fast_path=False))
+    with TestClient(fast) as f, TestClient(slow) as s:
+        yield f, s
+
+
+def _bodies(images: np.ndarray) -> list[dict[str, Any]]:
+    return [
+        {"images": [images[0].tolist()]},  # 28x28 nested integers
+        {"images": [images[1].reshape(-1).tolist()]},  # flat 784
+        {"images": [(images[2] * 0.5 + 0.25).reshape(-1).tolist()]},  # floats
+        {"images": [images[3].tolist(), images[4].reshape(-1).tolist(), (images[5] / 2).tolist()]},  # mixed batch
+        {"images": [np.full((28, 28), 255).tolist(), np.zeros(784, dtype=int).tolist()]},  # range ends
+    ]
+
+
+def test_fast_path_payloads_equal_the_routes(
+    both: tuple[TestClient, TestClient], test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    fast, slow = both
+    for body in _bodies(test_images[0]):
+        a, b = fast.post("/predict", json=body), slow.post("/predict", json=body)
+        assert a.status_code == b.status_code == 200
+        assert a.headers["content-type"] == "application/json"
+        assert a.json() == b.json()  # alone in its batch: the same forward pass, bit for bit
+
+
+def test_png_and_charset_requests_fall_through_to_the_route(
+    both: tuple[TestClient, TestClient],
+    test_images: tuple[np.ndarray, np.ndarray],
+    png_b64: Callable[..., str],
+) -> None:
+    fast, slow = both
+    png = {"images_png": [png_b64(test_images[0][0])]}
+    assert fast.post("/predict", json=png).json() == slow.post("/predict", json=png).json()
+    body = b'{"images": [' + str(test_images[0][1].reshape(-1).tolist()).encode() + b"]}"
+    headers = {"content-type": "application/json; charset=utf-8"}
+    a, b = fast.post("/predict", content=body, headers=headers), slow.post("/predict", content=body, headers=headers)
+    assert a.status_code == 200 and a.json() == b.json()
+
+
+def _metric(client: TestClient, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_prediction(
+    engine: Engine, test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, _ = test_images
+    registry = CollectorRegistry()
+    app = create_app(engine.settings, engine=engine, registry=registry)
+    n = 48
+
+    async def main() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://mcserve") as client:
+            return await asyncio.gather(
+                *(client.post("/predict", json={"images": [images[i].tolist()]}) for i in range(n))
+            )
+
+    responses = asyncio.run(main())
+    x = torch.from_numpy(images[:n].astype(np.float32))
+    alone = np.stack([engine.predict(x[i : i + 1])[0].numpy() for i in range(n)])  # one image per pass
+    for i, r in enumerate(responses):
+        assert r.status_code == 200
+        (pred,) = r.json()["predictions"]
+        np.testing.assert_allclose(pred["probabilities"], alone[i], rtol=0, atol=1e-6)
+        assert pred["class_id"] == int(np.argmax(alone[i]))
+    batches = registry.get_sample_value("mcserve_batch_coalesced_requests_count")
+    served = registry.get_sample_value("mcserve_batch_coalesced_requests_sum")
+    assert served == n
+    assert batches is not None and batches < n  # at least one pass served several requests
+    requests = registry.get_sample_value(
+        "mcserve_http_requests_total", {"route": "/predict", "method": "POST", "status": "200"}
+    )
+    assert requests == n
+    assert registry.get_sample_value("mcserve_batch_size_images_count", {"endpoint": "predict"}) == n
+
+
+def test_fast_path_requests_are_counted_like_route_requests(
+    both: tuple[TestClient, TestClient], test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    fast, slow = both
+    body = {"images": [test_images[0][7].tolist()] * 3}
+    for client in (fast, slow):
+        label = slow.post("/predict", json=body).json()["predictions"][0]["label"]
+        before = _metric(client, "mcserve_predictions_total", endpoint="predict", class_name=label)
+        before_http = _metric(client, "mcserve_http_requests_total", method="POST", route="/predict", status="200")
+        assert client.post("/predict", json=body).json()["predictions"][0]["label"] == label
+        assert _metric(client, "mcserve_predictions_total", endpoint="predict", class_name=label) == before + 3
+        after_http = _metric(client, "mcserve_http_requests_total", method="POST", route="/predict", status="200")
+        assert after_http == before_http + 1
