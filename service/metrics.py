@@ -77,6 +77,17 @@ class Metrics:
             buckets=BATCH_BUCKETS, registry=registry,
         )  # fmt: skip
         self.ready = Gauge("mcserve_model_ready", "1 when the model is loaded and warmed up", registry=registry)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, cached: every label value here comes from a small fixed set
+        (route templates, endpoints, class names, status codes), so the cache stays small, and the
+        hot path skips prometheus-client's per-call label validation."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def set_model(self, name: str, version: str, sha256: str, device: str) -> None:
         self.model_info.clear()
@@ -84,13 +95,13 @@ class Metrics:
         self.ready.set(1)
 
     def record_predictions(self, endpoint: str, labels: Sequence[str]) -> None:
-        self.batch_size.labels(endpoint=endpoint).observe(len(labels))
+        self.child(self.batch_size, endpoint).observe(len(labels))
         for label in labels:
-            self.predictions.labels(endpoint=endpoint, class_name=label).inc()
+            self.child(self.predictions, endpoint, label).inc()
 
     def record_predict(self, predictions: Sequence[Mapping[str, Any]], seconds: float) -> None:
         """One answered ``/predict`` request: its model time, batch size and predicted classes."""
-        self.inference_latency.labels(endpoint="predict").observe(seconds)
+        self.child(self.inference_latency, "predict").observe(seconds)
         self.record_predictions("predict", [p["label"] for p in predictions])
 
     def record_uncertainty(self, predictions: Sequence[Mapping[str, Any]], n_samples: int, seconds: float) -> None:
@@ -100,7 +111,7 @@ class Metrics:
             self.mutual_information.observe(p["mutual_information"])
             if p["uncertain"]:
                 self.uncertain.inc()
-        self.inference_latency.labels(endpoint="predict_uncertainty").observe(seconds)
+        self.child(self.inference_latency, "predict_uncertainty").observe(seconds)
         self.mc_samples.observe(n_samples)
         self.record_predictions("predict_uncertainty", [p["label"] for p in predictions])
 
@@ -134,12 +145,16 @@ class MetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self.routes = routes
+        self._static: dict[str, str] = {}  # request path -> template, for paths that are a route's template
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = route_template(self.routes, scope)
+        path = scope["path"]
+        route = self._static.get(path) or route_template(self.routes, scope)
+        if route == path and len(self._static) < 64:  # a static route's own path: no need to match it again
+            self._static[path] = route
         status = 500
         start = time.perf_counter()
 
@@ -157,6 +172,6 @@ class MetricsMiddleware:
             if matched is not None and isinstance(getattr(matched, "path", None), str):
                 route = matched.path
             self.metrics.in_flight.dec()
-            self.metrics.request_latency.labels(route=route).observe(time.perf_counter() - start)
+            self.metrics.child(self.metrics.request_latency, route).observe(time.perf_counter() - start)
             method = scope["method"] if scope["method"] in METHODS else "OTHER"
-            self.metrics.requests.labels(route=route, method=method, status=str(status)).inc()
+            self.metrics.child(self.metrics.requests, route, method, str(status)).inc()
