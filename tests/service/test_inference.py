@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mcnet import Architecture, DropoutMLP, load_artifact, save_artifact
-from service.inference import MCResult, _plan, effective_dropout, mc_predict, predict_eval
+from service.inference import MCResult, _plan, effective_dropout, mc_predict, predict_eval, random_words
 
 T = 3000  # passes on each side of the equivalence test
 
@@ -181,3 +181,20 @@ def test_effective_dropout_of_the_served_rates() -> None:
     assert effective_dropout(0.2) == 13107 / 65536
     with pytest.raises(ValueError):
         effective_dropout(1.0)
+
+
+def test_random_words_are_reproducible_per_seed_and_have_balanced_independent_bits() -> None:
+    cpu = torch.device("cpu")
+    a = random_words(50_000, torch.Generator().manual_seed(7), cpu)
+    b = random_words(50_000, torch.Generator().manual_seed(7), cpu)
+    c = random_words(50_000, torch.Generator().manual_seed(8), cpu)
+    assert a.dtype == torch.int64 and a.shape == (50_000,)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    bits = ((a.unsqueeze(1) >> torch.arange(64)) & 1).float()  # (50000, 64)
+    per_bit = bits.mean(dim=0)  # each bit position: P(1) = 1/2, sd 0.0022 over 50k words
+    assert float((per_bit - 0.5).abs().max()) < 0.012
+    lag = (bits[1:] * bits[:-1]).mean(dim=0)  # consecutive words independent: P(1, 1) = 1/4
+    assert float((lag - 0.25).abs().max()) < 0.012
+    g = torch.Generator().manual_seed(7)
+    first = random_words(1000, g, cpu)
+    assert not torch.equal(random_words(1000, g, cpu), first)  # the generator advances between chunks
