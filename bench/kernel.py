@@ -62,6 +62,7 @@ def _record(impl: str, n_samples: int, batch: int, timing: Timing | None, note: 
 
 def run(quick: bool, threads: int, model_dir: Path | None, chunk_size: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
+    keep_buffers = _keep_freed_buffers()  # as the service does at startup; applies to every implementation
     model, model_note = load_model(model_dir)
     service, service_error = kernels.load_service_kernel(chunk_size)
     impls: dict[str, kernels.Kernel | None] = {
@@ -119,6 +120,17 @@ def run(quick: bool, threads: int, model_dir: Path | None, chunk_size: int) -> d
         "model": model_note,
         "quick": quick,
         "timing": "median of repeats after warm-up; us_per_image = median call time / batch",
+        "allocator": "glibc mallopt keep-freed-buffers, as the service sets it (service.memory)"
+        if keep_buffers
+        else "default allocator settings",
     }
     out["matrix"] = matrix
     return out
+
+
+def _keep_freed_buffers() -> bool:
+    try:
+        from service.memory import keep_freed_buffers
+    except ImportError:
+        return False
+    return keep_freed_buffers()

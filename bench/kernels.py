@@ -13,7 +13,6 @@ import importlib
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from mcnet import DropoutMLP
 
@@ -42,23 +41,27 @@ def repeat_batch(model: DropoutMLP, x: torch.Tensor, n_samples: int, generator: 
 class GemmLimit:
     """fc1 (+ReLU) once for B images, then fc2 (+ReLU) and fc3 on a prepared T*B x 256 input.
 
-    The T*B hidden rows are allocated once per shape outside the timed call, so the limit
-    holds only the matrix multiplications (with their bias and ReLU), no dropout, no RNG.
+    The T*B hidden rows and both outputs are allocated once per shape outside the timed call and
+    the GEMMs write into them (``addmm(out=...)``, ReLU in place), so the limit holds only the
+    matrix multiplications with their bias and ReLU: no dropout, no RNG, no allocation.
     """
 
     def __init__(self) -> None:
-        self._rows: dict[tuple[int, int], torch.Tensor] = {}
+        self._buffers: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, model: DropoutMLP, x: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
         key = (n_samples, x.shape[0])
         with torch.inference_mode():
             h1 = model.hidden1(x)
-            rows = self._rows.get(key)
-            if rows is None:
+            buffers = self._buffers.get(key)
+            if buffers is None:
                 rows = h1.repeat(n_samples, 1).contiguous()
-                self._rows[key] = rows
-            h2 = torch.relu(F.linear(rows, model.fc2.weight, model.fc2.bias))
-            return F.linear(h2, model.fc3.weight, model.fc3.bias)
+                h2 = rows.new_empty(rows.shape[0], model.fc2.out_features)
+                logits = rows.new_empty(rows.shape[0], model.fc3.out_features)
+                buffers = self._buffers[key] = (rows, h2, logits)
+            rows, h2, logits = buffers
+            torch.addmm(model.fc2.bias, rows, model.fc2.weight.t(), out=h2).relu_()
+            return torch.addmm(model.fc3.bias, h2, model.fc3.weight.t(), out=logits)
 
 
 def load_service_kernel(chunk_size: int) -> tuple[Kernel | None, str | None]:

@@ -17,6 +17,7 @@ import torch
 from mcnet import ArtifactError, DropoutMLP, load_artifact
 
 from .inference import MCResult, mc_predict, predict_eval
+from .memory import keep_freed_buffers
 from .settings import Settings
 
 log = logging.getLogger("service")
@@ -94,6 +95,8 @@ class Engine:
                 return self._loaded
             if self.settings.torch_threads > 0:
                 torch.set_num_threads(self.settings.torch_threads)
+            if self.settings.keep_freed_buffers:
+                keep_freed_buffers()
             device = resolve_device(self.settings.device)
             start = time.perf_counter()
             model, manifest = load_artifact(self.settings.model_dir, device)

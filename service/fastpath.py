@@ -12,10 +12,10 @@ the common case itself:
   share one forward pass;
 * the payload is built by ``service.encode`` (as the route does) and serialised by orjson.
 
-Anything else (PNG input, a parse error, an unknown field, a bad pixel, the model not ready
-yet) is handed, with its body replayed untouched, to the FastAPI application, which
-produces the one canonical response or error. So the fast path changes speed, not the
-API: the tests send the same requests both ways and compare the payloads.
+Anything else (PNG input, a body over ``FAST_PATH_MAX_BODY_BYTES``, a parse error, an unknown
+field, a bad pixel, the model not ready yet) is handed, with its body replayed untouched, to
+the FastAPI application, which produces the one canonical response or error. So the fast path
+changes speed, not the API: the tests send the same requests both ways and compare the payloads.
 
 It sits inside the body-size limit and the metrics middleware, which therefore count and
 time fast-path requests like any other.
@@ -28,15 +28,19 @@ from typing import Any
 
 import orjson
 import torch
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .batching import BatchStats, MicroBatcher
 from .decode import decode_number_lists
 from .encode import predict_payload
 from .engine import Engine
+from .limits import replay_body
 from .metrics import Metrics
 
 _JSON = b"application/json"
+# Bodies above this (about 20 images as JSON) go to the route, which decodes in a worker thread: decoding
+# runs on the event loop here, and a 256-image body would hold the loop for several milliseconds.
+FAST_PATH_MAX_BODY_BYTES = 64 * 1024
 _HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -83,9 +87,9 @@ class FastPredictPath:
         body, complete = await _read_body(receive)
         if not complete:  # the client disconnected mid-body: nobody to answer
             return
-        x = self._decode(body)
+        x = self._decode(body) if len(body) <= FAST_PATH_MAX_BODY_BYTES else None
         if x is None:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
             return
         start = time.perf_counter()
         probs = await self.batcher.submit(x)
@@ -125,16 +129,3 @@ async def _read_body(receive: Receive) -> tuple[bytes, bool]:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks), True
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         default=0.0, ge=0.0, le=1000.0,
         description="dynamic batching: how long a /predict request waits for company; 0 = only requests already queued",
     )  # fmt: skip
+    keep_freed_buffers: bool = Field(
+        default=True,
+        description="glibc mallopt: reuse freed multi-megabyte buffers instead of mmap/munmap per call (process-wide)",
+    )
     torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info", description="log level")
     access_log: bool = Field(default=False, description="uvicorn's per-request access log (independent of log_level)")

@@ -198,3 +198,12 @@ def test_random_words_are_reproducible_per_seed_and_have_balanced_independent_bi
     g = torch.Generator().manual_seed(7)
     first = random_words(1000, g, cpu)
     assert not torch.equal(random_words(1000, g, cpu), first)  # the generator advances between chunks
+
+
+def test_keep_freed_buffers_applies_on_glibc() -> None:
+    import platform
+
+    from service.memory import keep_freed_buffers
+
+    libc, _ = platform.libc_ver()
+    assert keep_freed_buffers() is (libc == "glibc")  # this machine and the images are glibc (Debian)
