@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -125,3 +126,17 @@ def test_fast_path_requests_are_counted_like_route_requests(
         assert _metric(client, "mcserve_predictions_total", endpoint="predict", class_name=label) == before + 3
         after_http = _metric(client, "mcserve_http_requests_total", method="POST", route="/predict", status="200")
         assert after_http == before_http + 1
+
+
+def test_large_bodies_are_served_by_the_route_with_the_same_payload(
+    both: tuple[TestClient, TestClient], test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    from service.fastpath import FAST_PATH_MAX_BODY_BYTES
+
+    fast, slow = both
+    body = {"images": [image.tolist() for image in test_images[0][:40]]}
+    assert len(orjson.dumps(body)) > FAST_PATH_MAX_BODY_BYTES
+    batches = _metric(fast, "mcserve_batch_coalesced_requests_count")
+    a, b = fast.post("/predict", json=body), slow.post("/predict", json=body)
+    assert a.status_code == 200 and a.json() == b.json()
+    assert _metric(fast, "mcserve_batch_coalesced_requests_count") == batches  # not through the batcher
