@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {kernel,http,train,coldstart,all,report} [--quick] --json PATH``."""
+"""Command line: ``python -m bench {kernel,http,batching,train,coldstart,all,report} [--quick] --json PATH``."""
 
 from __future__ import annotations
 
@@ -54,6 +54,10 @@ def _run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
         from bench import http
 
         data = http.run(args.quick, args.model_dir, args.workers, args.server_threads, args.duration)
+    elif name == "batching":
+        from bench import batching
+
+        data = batching.run(args.quick, args.model_dir, args.server_threads)
     elif name == "coldstart":
         from bench import coldstart
 
@@ -70,7 +74,7 @@ def _run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("command", choices=["kernel", "http", "train", "coldstart", "all", "report"])
+    parser.add_argument("command", choices=["kernel", "http", "batching", "train", "coldstart", "all", "report"])
     parser.add_argument("--quick", action="store_true", help="smaller matrix / shorter runs (< 2 min each)")
     parser.add_argument("--json", type=Path, default=None, help="where to write the results (report: where to read)")
     parser.add_argument("--model-dir", type=Path, default=None, help="artifact to serve; default: random weights")
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
         report.write(args.json or DEFAULT_JSON, args.doc)
         return 0
-    sections = ["kernel", "http", "coldstart", "train"] if args.command == "all" else [args.command]
+    sections = ["kernel", "http", "batching", "coldstart", "train"] if args.command == "all" else [args.command]
     results: dict[str, Any] = {"machine": machine()}
     for name in sections:
         print(f"bench: {name} ...", flush=True)

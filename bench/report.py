@@ -48,12 +48,13 @@ def fmt(value: Any, digits: int = 1) -> str:
 
 def sections(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Split an ``all`` JSON into its sections; a single-section JSON becomes that one section."""
-    known = ("kernel", "http", "coldstart", "train")
+    known = ("kernel", "http", "batching", "coldstart", "train")
     if any(k in results for k in known):
         return {k: results.get(k) or {} for k in known}
     guess = {
         "kernel": "ratio_to_gemm_limit_b32_t100",
         "http": "predict_rps_c64",
+        "batching": "batching_rps_gain_c64",
         "coldstart": "cold_start_s_median",
         "train": "train_speedup_vs_dataloader",
     }
@@ -68,7 +69,7 @@ def _check(value: float | None, op: str, target: float) -> str:
 
 
 def headline(sec: dict[str, dict[str, Any]]) -> str:
-    k, h, t = sec["kernel"], sec["http"], sec["train"]
+    k, h, t, b = sec["kernel"], sec["http"], sec["train"], sec["batching"]
 
     def rel(a: str, b: str) -> float | None:
         x, y = h.get(a), h.get(b)
@@ -95,20 +96,20 @@ def headline(sec: dict[str, dict[str, Any]]) -> str:
             0,
         ),
         (
-            "dynamic batching on ÷ off, `/predict` req/s, c=16 (context)",
-            rel("predict_rps_c16", "predict_nobatch_rps_c16"),
+            "batching on ÷ off, `/predict` req/s, c=16 (interleaved A/B, keep if > 1)",
+            b.get("batching_rps_gain_c16"),
             "",
             0,
         ),
         (
-            "dynamic batching on ÷ off, `/predict` req/s, c=64 (context)",
-            rel("predict_rps_c64", "predict_nobatch_rps_c64"),
+            "batching on ÷ off, `/predict` req/s, c=64 (interleaved A/B, keep if > 1)",
+            b.get("batching_rps_gain_c64"),
             "",
             0,
         ),
         (
-            "dynamic batching on ÷ off, `/predict` p99 at c=1 (context)",
-            rel("predict_p99_ms_c1", "predict_nobatch_p99_ms_c1"),
+            "batching on ÷ off, `/predict` p99 at c=1 (interleaved A/B, keep if <= ~1)",
+            b.get("batching_p99_ratio_c1"),
             "",
             0,
         ),
@@ -163,6 +164,21 @@ def http_table(h: dict[str, Any]) -> str:
             vals = [h.get(f"{key}_{m}_c{c}") for m in ("rps", "p50_ms", "p99_ms", "errors", "server_cpu_ms_per_req")]
             lines.append(f"| {name} | {c} | " + " | ".join(fmt(v, 2 if i else 0) for i, v in enumerate(vals)) + " |")
     return "\n".join([*lines, "", *notes] if notes else lines)
+
+
+def batching_table(b: dict[str, Any]) -> str:
+    if not b:
+        return "_batching A/B not run_"
+    head = "| c | req/s on | req/s off | on ÷ off | p99 ms on | p99 ms off | errors on/off |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for c in (1, 16, 64):
+        on, off = b.get(f"batching_on_rps_c{c}"), b.get(f"batching_off_rps_c{c}")
+        lines.append(
+            f"| {c} | {fmt(on, 0)} | {fmt(off, 0)} | {fmt(b.get(f'batching_rps_gain_c{c}'), 2)} | "
+            f"{fmt(b.get(f'batching_on_p99_ms_c{c}'), 2)} | {fmt(b.get(f'batching_off_p99_ms_c{c}'), 2)} | "
+            f"{fmt(b.get(f'batching_on_errors_c{c}'))}/{fmt(b.get(f'batching_off_errors_c{c}'))} |"
+        )
+    return "\n".join(lines)
 
 
 def train_table(t: dict[str, Any]) -> str:
@@ -243,6 +259,7 @@ def render(results: dict[str, Any], plot_name: str) -> str:
         headline=headline(sec),
         kernel_table=kernel_table(sec["kernel"]),
         http_table=http_table(sec["http"]),
+        batching_table=batching_table(sec["batching"]),
         train_table=train_table(sec["train"]),
         cold_start=cold_text,
         plot=plot_name,
