@@ -121,6 +121,7 @@ _INFO_EXAMPLE = {
     "uncertainty": {"metric": "mutual_information", "threshold": 0.1, "rule": "…"},
     "metrics": {"test_accuracy": 0.85},
     "limits": {"max_batch": 256, "default_samples": 100, "max_samples": 1000},
+    "batching": {"fast_path": True, "max_images": 256, "max_wait_ms": 0.0},
 }
 
 
@@ -149,6 +150,11 @@ async def info(engine: EngineDep) -> JSONResponse:
                 "max_body_bytes": s.max_body_bytes,
                 "max_png_bytes": s.max_png_bytes,
                 "max_concurrency": s.max_concurrency,
+            },
+            "batching": {
+                "fast_path": s.fast_path,
+                "max_images": s.batch_max_images,
+                "max_wait_ms": s.batch_max_wait_ms,
             },
         }
     )

@@ -137,6 +137,7 @@ def test_livez_readyz_and_info(client: TestClient, trained_artifact: Path) -> No
     assert info["metrics"] == manifest.get("metrics", {}) and info["metrics"]
     assert info["uncertainty"]["threshold"] == manifest["uncertainty"]["threshold"]
     assert info["limits"]["max_batch"] == 256 and info["limits"]["max_samples"] == 1000
+    assert info["batching"] == {"fast_path": True, "max_images": 256, "max_wait_ms": 0.0}
 
 
 def test_readyz_is_503_until_the_model_is_loaded(
