@@ -78,38 +78,28 @@ def _specs(model_dir: Path, image: list[int], workers: int, work: Path) -> list[
     uvicorn = [main_py, "-m", "uvicorn", "--host", "127.0.0.1", "--workers", str(workers), "--log-level", "warning"]
     uvicorn += ["--no-access-log"]
     base = "http://127.0.0.1"
-    mc_env = {"MCSERVE_HOST": "127.0.0.1", "MCSERVE_LOG_LEVEL": "warning"}
+
+    def mcserve(name: str, port: int, endpoints: list[tuple[str, str, str]], **settings: str) -> ServerSpec:
+        """``python -m service`` on ``port``; endpoints are (label, path, body)."""
+        env = {"MCSERVE_HOST": "127.0.0.1", "MCSERVE_LOG_LEVEL": "warning", "MCSERVE_PORT": str(port), **settings}
+        eps = [Endpoint(label, f"{base}:{port}{path}", body) for label, path, body in endpoints]
+        return ServerSpec(name, [main_py, "-m", "service"], f"{base}:{port}/readyz", eps, env=env)
 
     def torchserve_prepare(tmp: Path) -> None:
         _torchserve_archive(peer_py, model_dir, tmp, workers)
 
     return [
-        ServerSpec(
+        mcserve(
             "mcserve",
-            [main_py, "-m", "service"],
-            f"{base}:18110/readyz",
-            [
-                Endpoint("predict", f"{base}:18110/predict", predict_body),
-                Endpoint("uncertainty_t100", f"{base}:18110/predict/uncertainty", mc_body),
-            ],
-            env={**mc_env, "MCSERVE_PORT": "18110"},
+            18110,
+            [("predict", "/predict", predict_body), ("uncertainty_t100", "/predict/uncertainty", mc_body)],
         ),
         # The same service with dynamic batching off, and with the fast path off (every request through
         # FastAPI): the A/B the issue asks for, measured in the same run.
-        ServerSpec(
-            "mcserve_nobatch",
-            [main_py, "-m", "service"],
-            f"{base}:18111/readyz",
-            [Endpoint("predict_nobatch", f"{base}:18111/predict", predict_body)],
-            env={**mc_env, "MCSERVE_PORT": "18111", "MCSERVE_BATCH_MAX_IMAGES": "1"},
+        mcserve(
+            "mcserve_nobatch", 18111, [("predict_nobatch", "/predict", predict_body)], MCSERVE_BATCH_MAX_IMAGES="1"
         ),
-        ServerSpec(
-            "mcserve_route",
-            [main_py, "-m", "service"],
-            f"{base}:18112/readyz",
-            [Endpoint("predict_route", f"{base}:18112/predict", predict_body)],
-            env={**mc_env, "MCSERVE_PORT": "18112", "MCSERVE_FAST_PATH": "false"},
-        ),
+        mcserve("mcserve_route", 18112, [("predict_route", "/predict", predict_body)], MCSERVE_FAST_PATH="false"),
         ServerSpec(
             "bare_uvicorn",
             [*uvicorn, "--port", "18120", "bench.peers.bare:app"],
