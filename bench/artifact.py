@@ -36,3 +36,19 @@ def sample_image(index: int = 0) -> list[int]:
     except OSError:
         gen = torch.Generator().manual_seed(index)
         return torch.randint(0, 256, (784,), generator=gen).tolist()
+
+
+def test_images(count: int) -> tuple[torch.Tensor, str]:
+    """The first ``count`` real test images as a float (count, 784) tensor, or seeded noise if the data is absent.
+
+    The MC kernel's cost depends on the images: its active-unit path skips the hidden units the
+    ReLU switched off, and noise activates a different number of units than garments do.
+    """
+    try:
+        raw = gzip.decompress(FASHION_TEST_IMAGES.read_bytes())
+    except OSError as exc:
+        gen = torch.Generator().manual_seed(count)
+        noise = torch.randint(0, 256, (count, 784), generator=gen).float()
+        return noise, f"seeded uniform noise ({FASHION_TEST_IMAGES} unreadable: {exc.strerror})"
+    pixels = torch.frombuffer(bytearray(raw[16 : 16 + count * 784]), dtype=torch.uint8)
+    return pixels.view(count, 784).float(), f"the first {count} Fashion-MNIST test images"

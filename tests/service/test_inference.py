@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from mcnet import Architecture, DropoutMLP, load_artifact, save_artifact
-from service.inference import MCResult, _plan, effective_dropout, mc_predict, predict_eval, random_words
+from service.inference import (
+    MCResult,
+    _plan,
+    _use_sparse,
+    effective_dropout,
+    mc_predict,
+    predict_eval,
+    random_words,
+)
 
 T = 3000  # passes on each side of the equivalence test
 
@@ -92,44 +100,48 @@ def test_predict_eval_is_the_deterministic_softmax(model: DropoutMLP, x: torch.T
     assert torch.allclose(probs.sum(-1), torch.ones(len(x)))
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "active-units"])
 def test_mc_kernel_is_statistically_equivalent_to_train_mode_passes(
-    model: DropoutMLP, x: torch.Tensor, naive: torch.Tensor
+    model: DropoutMLP, x: torch.Tensor, naive: torch.Tensor, sparse: bool
 ) -> None:
     samples = naive
     assert samples.var(0).max() > 1e-3, "the test needs a model whose dropout actually moves the probabilities"
-    result = mc_predict(model, x, T, gen(7), chunk_size=500)  # 500 rows -> 83 samples per chunk, many chunks
+    result = mc_predict(model, x, T, gen(7), chunk_size=500, sparse=sparse)  # 83 samples per chunk, many chunks
     checks = equivalent(result, samples)
     assert checks == dict.fromkeys(checks, True)
     assert not model.training
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "active-units"])
 def test_equivalence_check_detects_a_wrong_dropout_rate(
-    model: DropoutMLP, x: torch.Tensor, naive: torch.Tensor
+    model: DropoutMLP, x: torch.Tensor, naive: torch.Tensor, sparse: bool
 ) -> None:
     """The tolerance is tight enough to fail for a kernel whose dropout differs from train() mode."""
     wrong = DropoutMLP(Architecture(dropout=(0.2, 0.3)))
     wrong.load_state_dict(model.state_dict())
     wrong.eval()
-    checks = equivalent(mc_predict(wrong, x, T, gen(7), chunk_size=500), naive)
+    checks = equivalent(mc_predict(wrong, x, T, gen(7), chunk_size=500, sparse=sparse), naive)
     assert not (checks["variance"] and checks["mutual_information"])
 
 
-def test_same_seed_same_result_other_seed_differs(model: DropoutMLP, x: torch.Tensor) -> None:
-    a = mc_predict(model, x, 50, gen(42), chunk_size=64)
-    b = mc_predict(model, x, 50, gen(42), chunk_size=64)
-    c = mc_predict(model, x, 50, gen(43), chunk_size=64)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "active-units"])
+def test_same_seed_same_result_other_seed_differs(model: DropoutMLP, x: torch.Tensor, sparse: bool) -> None:
+    a = mc_predict(model, x, 50, gen(42), chunk_size=64, sparse=sparse)
+    b = mc_predict(model, x, 50, gen(42), chunk_size=64, sparse=sparse)
+    c = mc_predict(model, x, 50, gen(43), chunk_size=64, sparse=sparse)
     for field in ("mean_probs", "variance", "std", "predictive_entropy", "expected_entropy", "mutual_information"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
     assert not torch.equal(a.mean_probs, c.mean_probs)
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "active-units"])
 @pytest.mark.parametrize("chunk_size", [1, 5, 12, 10_000])
-def test_without_dropout_mc_reduces_to_eval(model: DropoutMLP, x: torch.Tensor, chunk_size: int) -> None:
+def test_without_dropout_mc_reduces_to_eval(model: DropoutMLP, x: torch.Tensor, chunk_size: int, sparse: bool) -> None:
     """With p = 0 every pass equals the eval pass: exact checks of the reductions for any chunking."""
     plain = DropoutMLP(Architecture(dropout=(0.0, 0.0)))
     plain.load_state_dict(model.state_dict())
     plain.eval()
-    r = mc_predict(plain, x, 7, gen(0), chunk_size=chunk_size)
+    r = mc_predict(plain, x, 7, gen(0), chunk_size=chunk_size, sparse=sparse)
     probs = predict_eval(plain, x)
     assert r.n_samples == 7
     torch.testing.assert_close(r.mean_probs, probs, atol=1e-6, rtol=0)
@@ -139,13 +151,40 @@ def test_without_dropout_mc_reduces_to_eval(model: DropoutMLP, x: torch.Tensor, 
     assert float(r.mutual_information.max()) < 1e-5
 
 
-def test_summaries_are_consistent(model: DropoutMLP, x: torch.Tensor) -> None:
-    r = mc_predict(model, x, 200, gen(1), chunk_size=100)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "active-units"])
+def test_summaries_are_consistent(model: DropoutMLP, x: torch.Tensor, sparse: bool) -> None:
+    r = mc_predict(model, x, 200, gen(1), chunk_size=100, sparse=sparse)
     torch.testing.assert_close(r.mean_probs.sum(-1), torch.ones(len(x)))
     assert bool((r.variance >= 0).all()) and bool((r.mutual_information >= 0).all())
     torch.testing.assert_close(r.std**2, r.variance)
     torch.testing.assert_close(r.mutual_information, (r.predictive_entropy - r.expected_entropy).clamp_min(0))
     assert r.mean_probs.shape == r.variance.shape == (len(x), 10)
+
+
+def test_active_unit_path_handles_images_with_no_active_unit(model: DropoutMLP, x: torch.Tensor) -> None:
+    """Negative fc1 biases switch hidden1 off: fc2 then sees only its bias, whatever the first mask."""
+    dark = DropoutMLP(Architecture(dropout=(0.2, 0.0)))  # no second dropout: every pass is then identical
+    dark.load_state_dict(model.state_dict())
+    dark.eval()
+    with torch.no_grad():
+        dark.fc1.bias.fill_(-1e4)
+        dark.fc1.bias[:3] = 1e4  # 3 units on for every image: K = 3
+    images = torch.cat([x[:2].reshape(2, 784), torch.zeros(1, 784)])
+    r = mc_predict(dark, images, 40, gen(0), chunk_size=64, sparse=True)
+    torch.testing.assert_close(r.mean_probs.sum(-1), torch.ones(3))
+    assert float(r.variance.max()) > 1e-6  # the 3 active units are still dropped at random
+    with torch.no_grad():
+        dark.fc1.bias.fill_(-1e4)  # nothing active in any image
+        constant = F.softmax(dark.fc3(F.relu(dark.fc2.bias)), dim=-1)
+    r = mc_predict(dark, images, 40, gen(0), chunk_size=64, sparse=True)
+    torch.testing.assert_close(r.mean_probs, constant.expand(3, -1), atol=1e-6, rtol=0)
+    assert float(r.variance.max()) < 1e-10
+
+
+def test_path_choice_follows_activity_and_passes_per_chunk() -> None:
+    assert _use_sparse(active=41, width=256, passes=100)  # a trained model: ~16 % of units active
+    assert not _use_sparse(active=200, width=256, passes=100)  # most units active: the dense GEMM is cheaper
+    assert not _use_sparse(active=41, width=256, passes=10)  # few passes per image: gathers do not pay back
 
 
 def test_kernel_refuses_a_model_in_train_mode(model: DropoutMLP, x: torch.Tensor) -> None:
