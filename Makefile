@@ -4,7 +4,7 @@ PY          := $(VENV)/bin/python
 MODEL_DIR   ?= models/current
 TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-load lint train serve run bench compose-smoke clean
+.PHONY: install test test-fast test-load lint train serve run bench compose-smoke clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,11 @@ lint: install
 test: install
 	$(MAKE) lint
 	$(PY) -m pytest
+
+# The inner loop: unit and in-process API tests only (no subprocess servers, fuzzing, Docker
+# or Prometheus); about 40 s on 2 cores. `make test` runs these and everything else.
+test-fast: install
+	$(PY) -m pytest tests/mcnet tests/training tests/service tests/bench --ignore=tests/service/test_e2e.py
 
 # The long load test of docs/hardening.md (20,000 mixed requests, concurrency 64); not part of `make test`.
 test-load: install
