@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     mc_chunk_size: int = Field(default=8192, ge=1, description="rows (samples x images) per MC step")
     max_concurrency: int = Field(default=2, ge=1, description="inference calls running at once in the worker threads")
     fast_path: bool = Field(
-        default=True, description="serve well-formed /predict pixel requests without FastAPI's per-request overhead"
+        default=True,
+        description="serve well-formed /predict and /predict/uncertainty pixel requests without FastAPI's overhead",
     )
     batch_max_images: int = Field(
         default=256, ge=1, description="dynamic batching: most images in one /predict forward pass (1 turns it off)"

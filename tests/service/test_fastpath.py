@@ -140,3 +140,83 @@ def test_large_bodies_are_served_by_the_route_with_the_same_payload(
     a, b = fast.post("/predict", json=body), slow.post("/predict", json=body)
     assert a.status_code == 200 and a.json() == b.json()
     assert _metric(fast, "mcserve_batch_coalesced_requests_count") == batches  # not through the batcher
+
+
+def test_uncertainty_fast_path_payloads_equal_the_routes(
+    both: tuple[TestClient, TestClient], test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    fast, slow = both
+    for i, body in enumerate(_bodies(test_images[0])):
+        body = {**body, "seed": 1000 + i, **({"n_samples": 7 * (i + 1)} if i % 2 else {})}  # default T when absent
+        a, b = fast.post("/predict/uncertainty", json=body), slow.post("/predict/uncertainty", json=body)
+        assert a.status_code == b.status_code == 200
+        assert a.headers["content-type"] == "application/json"
+        assert a.json() == b.json()  # the same seed and masks, the same kernel: identical summaries
+    seedless = {"images": [test_images[0][0].tolist()], "n_samples": 20}
+    a, b = (
+        fast.post("/predict/uncertainty", json=seedless).json(),
+        slow.post("/predict/uncertainty", json=seedless).json(),
+    )
+    assert a.keys() == b.keys() and a["seed"] != b["seed"]  # a fresh seed per request, reported back
+    assert fast.post("/predict/uncertainty", json={**seedless, "seed": a["seed"]}).json() == a  # and reproducible
+
+
+def test_uncertainty_fast_path_is_counted_like_the_route(
+    both: tuple[TestClient, TestClient], test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    fast, slow = both
+    body = {"images": [test_images[0][3].tolist()] * 2, "n_samples": 10, "seed": 5}
+    for client in (fast, slow):
+        label = client.post("/predict/uncertainty", json=body).json()["predictions"][0]["label"]
+        labels = {"endpoint": "predict_uncertainty", "class_name": label}
+        route = {"method": "POST", "route": "/predict/uncertainty", "status": "200"}
+        before, before_http = (
+            _metric(client, "mcserve_predictions_total", **labels),
+            _metric(client, "mcserve_http_requests_total", **route),
+        )
+        client.post("/predict/uncertainty", json=body)
+        assert _metric(client, "mcserve_predictions_total", **labels) == before + 2
+        assert _metric(client, "mcserve_http_requests_total", **route) == before_http + 1
+
+
+def test_uncertainty_requests_the_fast_path_must_not_answer_fall_through(
+    both: tuple[TestClient, TestClient], test_images: tuple[np.ndarray, np.ndarray], png_b64: Callable[..., str]
+) -> None:
+    """Irregular but valid requests (null seed, PNG) get the route's answer; invalid ones its error."""
+    fast, slow = both
+    image = test_images[0][0].tolist()
+    for body in (
+        {"images": [image], "n_samples": None, "seed": 3},  # null: the route applies the default
+        {"images_png": [png_b64(test_images[0][0])], "seed": 3},
+        {"images": [image], "n_samples": 10**6, "seed": 3},  # over the per-request work limit: 422
+        {"images": [image], "seed": 3, "extra": 1},
+    ):
+        a, b = fast.post("/predict/uncertainty", json=body), slow.post("/predict/uncertainty", json=body)
+        assert (a.status_code, a.json()) == (b.status_code, b.json())
+
+
+def test_well_formed_requests_are_answered_by_the_fast_path_itself(
+    engine: Engine, test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Behind the middleware sits an app that fails: every answer here comes from the fast path."""
+    from service.fastpath import FastPredictPath
+    from service.metrics import Metrics
+
+    async def no_route(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError(f"fell through to the route: {scope['path']}")
+
+    path = FastPredictPath(no_route, engine, Metrics(CollectorRegistry()))
+    image = test_images[0][0].tolist()
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=path), base_url="http://mcserve") as client:
+            return [
+                await client.post("/predict", json={"images": [image]}),
+                await client.post("/predict/uncertainty", json={"images": [image]}),
+                await client.post("/predict/uncertainty", json={"images": [image, image], "n_samples": 9, "seed": 4}),
+            ]
+
+    plain, default, seeded = asyncio.run(main())
+    assert plain.status_code == default.status_code == seeded.status_code == 200
+    assert default.json()["n_samples"] == engine.settings.default_samples
+    assert seeded.json()["seed"] == 4 and len(seeded.json()["predictions"]) == 2
