@@ -46,17 +46,24 @@ def test_sigterm_during_load_finishes_accepted_requests_and_exits_0(trained_arti
                     except httpx.TransportError:
                         return
 
-        threads = [threading.Thread(target=slow) for _ in range(4)] + [threading.Thread(target=hammer)]
-        for t in threads:
+        slow_threads = [threading.Thread(target=slow) for _ in range(4)]
+        hammer_thread = threading.Thread(target=hammer)
+        threads = [*slow_threads, hammer_thread]
+        for t in slow_threads:
             t.start()
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # 4 slow + 1 keep-alive request inside the server (+1: this scrape)
+        while time.monotonic() < deadline:  # the 4 slow requests inside the server (+1: this scrape)
             text = httpx.get(f"{server.url}/metrics", timeout=10).text
-            if metric_value(text, "mcserve_http_requests_in_flight") >= 6 and not slow_results:
+            if metric_value(text, "mcserve_http_requests_in_flight") >= 5 and not slow_results:
                 break
             time.sleep(0.02)
         else:
             pytest.fail("the slow requests never were in flight together")
+        hammer_thread.start()  # then the keep-alive client, once its first request was answered
+        while not background and time.monotonic() < deadline:
+            time.sleep(0.005)
+        pending = 4 - len(slow_results)  # they run one at a time (max_concurrency 1): most still queued
+        assert pending >= 2, f"the slow requests finished before the signal: {slow_results}"
         accepted_at = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         code = server.proc.wait(timeout=GRACE_S + 15)
@@ -68,7 +75,10 @@ def test_sigterm_during_load_finishes_accepted_requests_and_exits_0(trained_arti
         if server.proc.poll() is None:
             server.stop(signal.SIGKILL)
     log = server.output()
-    print(f"\nSIGTERM -> exit {code} after {exit_s:.2f} s; slow: {slow_results}; background: {len(background)} x 200")
+    print(
+        f"\nSIGTERM with {pending} slow requests pending -> exit {code} after {exit_s:.2f} s; slow: {slow_results}; "
+        f"background: {len(background)} x 200"
+    )
     assert slow_results == [200, 200, 200, 200], slow_results
     assert background and set(background) == {200}, background
     assert code == 0, log
