@@ -60,7 +60,7 @@ def _is_plain_json(scope: Scope) -> bool:
 
 
 class FastPredictPath:
-    """ASGI middleware: serves valid ``POST /predict`` pixel-list requests, delegates everything else."""
+    """ASGI middleware: serves valid pixel-list requests to both predict endpoints, delegates everything else."""
 
     def __init__(self, app: ASGIApp, engine: Engine, metrics: Metrics) -> None:
         self.app = app
