@@ -99,7 +99,12 @@ def _specs(model_dir: Path, image: list[int], workers: int, work: Path) -> list[
         mcserve(
             "mcserve_nobatch", 18111, [("predict_nobatch", "/predict", predict_body)], MCSERVE_BATCH_MAX_IMAGES="1"
         ),
-        mcserve("mcserve_route", 18112, [("predict_route", "/predict", predict_body)], MCSERVE_FAST_PATH="false"),
+        mcserve(
+            "mcserve_route",
+            18112,
+            [("predict_route", "/predict", predict_body), ("uncertainty_t100_route", "/predict/uncertainty", mc_body)],
+            MCSERVE_FAST_PATH="false",
+        ),
         ServerSpec(
             "bare_uvicorn",
             [*uvicorn, "--port", "18120", "bench.peers.bare:app"],

@@ -17,6 +17,7 @@ HTTP_ROWS = (
     ("mcserve `/predict`, batching off (`MCSERVE_BATCH_MAX_IMAGES=1`)", "predict_nobatch"),
     ("mcserve `/predict`, fast path off (`MCSERVE_FAST_PATH=false`)", "predict_route"),
     ("mcserve `/predict/uncertainty` (T=100)", "uncertainty_t100"),
+    ("mcserve `/predict/uncertainty` (T=100), fast path off", "uncertainty_t100_route"),
     ("bare uvicorn (raw ASGI, constant)", "bare_uvicorn"),
     ("bare FastAPI route (constant)", "bare_fastapi"),
     ("LitServe", "litserve_predict"),
@@ -122,6 +123,12 @@ def headline(sec: dict[str, dict[str, Any]]) -> str:
         (
             "fast path on ÷ off, `/predict` req/s, c=64 (context)",
             rel("predict_rps_c64", "predict_route_rps_c64"),
+            "",
+            0,
+        ),
+        (
+            "fast path on ÷ off, `/predict/uncertainty` (T=100) req/s, c=1 (context)",
+            rel("uncertainty_t100_rps_c1", "uncertainty_t100_route_rps_c1"),
             "",
             0,
         ),
