@@ -181,6 +181,20 @@ def test_active_unit_path_handles_images_with_no_active_unit(model: DropoutMLP, 
     assert float(r.variance.max()) < 1e-10
 
 
+def test_weights_changed_in_place_are_seen_by_the_next_call(model: DropoutMLP, x: torch.Tensor) -> None:
+    """The kernel caches derived weight layouts per model; an in-place update must invalidate them."""
+    plain = DropoutMLP(Architecture(dropout=(0.0, 0.0)))
+    plain.load_state_dict(model.state_dict())
+    plain.eval()
+    mc_predict(plain, x, 20, gen(0), sparse=True)  # fills the cache
+    with torch.no_grad():
+        plain.fc2.weight.mul_(0.5)
+        plain.fc3.bias.add_(1.0)
+    for sparse in (False, True):
+        r = mc_predict(plain, x, 20, gen(0), sparse=sparse)
+        torch.testing.assert_close(r.mean_probs, predict_eval(plain, x), atol=1e-6, rtol=0)
+
+
 def test_path_choice_follows_activity_and_passes_per_chunk() -> None:
     assert _use_sparse(active=41, width=256, passes=100)  # a trained model: ~16 % of units active
     assert not _use_sparse(active=200, width=256, passes=100)  # most units active: the dense GEMM is cheaper
