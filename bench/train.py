@@ -55,6 +55,7 @@ def dataloader_pipeline(config: Any, root: Path, limit: int | None, workers: int
     from torchvision import transforms
     from torchvision.datasets import FashionMNIST
 
+    from training.batchnorm import BatchNormMLP
     from training.train import _optimizer, build_model
 
     spec = InputSpec()
@@ -67,8 +68,9 @@ def dataloader_pipeline(config: Any, root: Path, limit: int | None, workers: int
     gen = torch.Generator().manual_seed(config.seed)
     # inputs arrive normalised by the transform, so the network's own normalisation is the identity
     model = build_model(dataclasses.replace(config, normalise=False), gen)
-    model.in_scale.fill_(1.0)
-    model.in_shift.fill_(0.0)
+    net = model.base if isinstance(model, BatchNormMLP) else model  # same network, batch norms included
+    net.in_scale.fill_(1.0)
+    net.in_shift.fill_(0.0)
     opt = _optimizer(config, model)
     model.train()
     samples = 0
@@ -112,6 +114,9 @@ def run(quick: bool, threads: int, batch_size: int, loader_workers: int) -> dict
             "train_images": limit or 60_000,
             "optimizer": config.optimizer,
             "augment_in_training_job": config.augment,
-            "note": "same network, optimizer config and batch size on both sides; only the input pipeline differs",
+            "input_noise_in_training_job": config.input_noise,
+            "batch_norm": config.batch_norm,
+            "note": "same network, optimizer config and batch size on both sides; only the input pipeline differs "
+            "(the training job also draws its Gaussian input noise, which the book's pipeline does not)",
         },
     }

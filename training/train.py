@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mcnet import Architecture, DropoutMLP, InputSpec
+from mcnet import PIXEL_MAX, Architecture, DropoutMLP, InputSpec
+from training.batchnorm import BatchNormMLP, exportable
 from training.config import TrainConfig
 from training.data import Split
 
@@ -29,7 +30,7 @@ class TrainResult:
     best_epoch: int
 
 
-def build_model(config: TrainConfig, generator: torch.Generator) -> DropoutMLP:
+def build_model(config: TrainConfig, generator: torch.Generator) -> DropoutMLP | BatchNormMLP:
     arch = Architecture(hidden=(config.hidden, config.hidden), dropout=(config.dropout1, config.dropout2))
     spec = InputSpec() if config.normalise else InputSpec(mean=0.0, std=1.0)
     model = DropoutMLP(arch, spec)
@@ -41,7 +42,7 @@ def build_model(config: TrainConfig, generator: torch.Generator) -> DropoutMLP:
             bound = 1.0 / layer.in_features**0.5
             nn.init.kaiming_uniform_(layer.weight, a=5**0.5, generator=generator)
             nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
-    return model
+    return BatchNormMLP(model) if config.batch_norm else model
 
 
 def augment_batch(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -60,6 +61,26 @@ def augment_batch(x: torch.Tensor, max_shift: int, generator: torch.Generator) -
     return pad[torch.arange(n)[:, None, None], rows, cols]
 
 
+class NoiseTable:
+    """Gaussian pixel noise from a shared table: one seeded draw of ``size`` values, then a random window per batch.
+
+    Drawing fresh normals for every batch costs about 1.2 ms per 256-image step here, 12 % of the step; a window
+    at a random offset into one 16 MiB table costs one random integer (the shared noise table of Salimans et al.,
+    "Evolution Strategies as a Scalable Alternative to Reinforcement Learning", 2017). Each batch still gets
+    i.i.d.-looking N(0, std^2) noise; with about 4 million offsets, the same window recurs rarely.
+    """
+
+    def __init__(self, std: float, generator: torch.Generator, device: torch.device, size: int = 1 << 22) -> None:
+        self.table = torch.randn(size, generator=generator).mul_(std).to(device)
+
+    def sample(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+        n = shape.numel()
+        if n > self.table.numel():
+            raise ValueError(f"a batch of {n} values does not fit the noise table ({self.table.numel()})")
+        offset = int(torch.randint(0, self.table.numel() - n + 1, (1,), generator=generator))
+        return self.table[offset : offset + n].view(shape)
+
+
 def ema_decay(decay: float, step: int) -> float:
     """Warm-up of the average: min(decay, (1 + step) / (10 + step)), so short runs are not stuck near the init."""
     return min(decay, (1.0 + step) / (10.0 + step))
@@ -68,14 +89,17 @@ def ema_decay(decay: float, step: int) -> float:
 def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    decay = [p for n, p in model.named_parameters() if n.endswith("weight")]
-    no_decay = [p for n, p in model.named_parameters() if not n.endswith("weight")]
+    # Weight decay on the linear layers' weights only: not on biases, nor on batch-norm scales and shifts.
+    decay = [p for n, p in model.named_parameters() if n.endswith("weight") and ".bn" not in f".{n}"]
+    no_decay = [p for n, p in model.named_parameters() if not (n.endswith("weight") and ".bn" not in f".{n}")]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr)
+    # fused: one kernel for all parameters, about twice as fast as the default per-tensor loop on CPU, but its
+    # rounding differs, so the default keeps the loop and reproduces the artifacts it trained before
+    return torch.optim.AdamW(groups, lr=config.lr, fused=config.fused_adamw or None)
 
 
 @torch.no_grad()
-def evaluate_split(model: DropoutMLP, split: Split, device: torch.device, chunk: int = 5000) -> tuple[float, float]:
+def evaluate_split(model: nn.Module, split: Split, device: torch.device, chunk: int = 5000) -> tuple[float, float]:
     """Eval-mode (dropout off) mean cross-entropy and accuracy."""
     model.eval()
     loss, correct = 0.0, 0
@@ -95,7 +119,10 @@ def train(
     device: torch.device,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train the §4.6 network; keep the weights of the epoch with the lowest validation loss."""
+    """Train the §4.6 network; export the last epoch's averaged weights, or those with the lowest validation loss.
+
+    With ``config.batch_norm`` the batch norms are folded into ``fc1``/``fc2`` before anything is returned.
+    """
     torch.manual_seed(config.seed)  # F.dropout draws from the global generator
     gen = torch.Generator().manual_seed(config.seed)  # init, shuffling and augmentation
     model = build_model(config, gen).to(device)
@@ -107,9 +134,11 @@ def train(
             opt, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.25
         )
     ema = copy.deepcopy(model) if config.ema_decay > 0 else model  # the averaged weights we evaluate and export
-    ema_params: list[torch.Tensor] = list(ema.parameters())
-    params: list[torch.Tensor] = list(model.parameters())
+    # The average covers the batch norms' running statistics too (float buffers), as the weights it pairs with.
+    ema_params = [*ema.parameters(), *(b for b in ema.buffers() if b.is_floating_point())]
+    params = [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]
     images = train_split.images.to(device)
+    noise = NoiseTable(config.input_noise * PIXEL_MAX, gen, device) if config.input_noise > 0 else None
     labels = train_split.labels.to(device)
     history: list[dict[str, Any]] = []
     best_loss, best_epoch, best_state = float("inf"), 0, copy.deepcopy(ema.state_dict())
@@ -127,6 +156,8 @@ def train(
             x = images[idx].to(torch.float32)
             if config.augment:
                 x = augment_batch(x.cpu(), config.max_shift, gen).to(device)
+            if noise is not None:
+                x = x + noise.sample(x.shape, gen)
             y = labels[idx]
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
@@ -163,12 +194,12 @@ def train(
         )
         if on_epoch is not None:
             on_epoch(row)
-        if val_loss < best_loss:
+        if config.select == "last" or val_loss < best_loss:
             best_loss, best_epoch, best_state = val_loss, epoch, copy.deepcopy(ema.state_dict())
     train_seconds = time.perf_counter() - start
     ema.load_state_dict(best_state)
     ema.eval()
-    return TrainResult(model=ema, history=history, train_seconds=train_seconds, best_epoch=best_epoch)
+    return TrainResult(model=exportable(ema), history=history, train_seconds=train_seconds, best_epoch=best_epoch)
 
 
 def append_history(path: Path, row: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mcnet
-from training.config import TrainConfig
+from training.config import TrainConfig, accurate_preset
 from training.pipeline import run
 
 REPORT_KEYS = (
@@ -84,6 +84,20 @@ def test_artifact_loads_and_describes_itself(tiny_run: tuple[Path, dict[str, flo
     assert manifest["input"]["mean"] == pytest.approx(0.2860) and manifest["input"]["scale_max"] == 255.0
     probs = torch.softmax(model(torch.zeros(2, 28, 28)), 1)
     assert probs.shape == (2, 10)
+    assert manifest["calibration"] == {"temperature": 1.0, "rule": None}  # the default fits no temperature
+
+
+def test_accurate_preset_exports_a_plain_network_with_its_temperature(tmp_path: Path, fashion_dir: Path) -> None:
+    """Batch norm is folded away (plain fc1/fc2/fc3 weights) and the fitted temperature is recorded."""
+    tiny = dict(epochs=1, train_limit=500, batch_size=50, eval_mc_samples=4, ood_noise_samples=10, device="cpu")
+    report = run(accurate_preset(out_dir=tmp_path / "m", data_dir=fashion_dir, plots=False, **tiny))
+    model, manifest = mcnet.load_artifact(tmp_path / "m")
+    assert set(model.state_dict()) == {f"fc{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")}
+    training = manifest["training"]
+    assert (training["preset"], training["batch_norm"], training["select"]) == ("accurate", True, "last")
+    assert manifest["calibration"]["temperature"] == report["temperature"]
+    assert 0.5 <= report["temperature"] <= 3.0 and "validation" in manifest["calibration"]["rule"]
+    assert 0.4 < report["test_accuracy_eval"] <= 1.0
 
 
 def test_flipped_weight_byte_is_refused(tiny_run: tuple[Path, dict[str, float]], tmp_path: Path) -> None:
