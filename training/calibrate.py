@@ -10,9 +10,9 @@ with seeded dropout masks: the fit is deterministic.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from mcnet import DropoutMLP
+from training import evaluate
 
 # T in [0.5, 3.0] in steps of 0.01: wide enough for any sane network, fine enough that NLL is flat at the optimum.
 GRID = tuple(round(0.5 + 0.01 * i, 2) for i in range(251))
@@ -20,20 +20,13 @@ GRID = tuple(round(0.5 + 0.01 * i, 2) for i in range(251))
 
 @torch.no_grad()
 def mc_logits(model: DropoutMLP, images: torch.Tensor, mc_samples: int, seed: int) -> torch.Tensor:
-    """``(T, N, K)`` logits of ``mc_samples`` dropout-on passes (seeded; the module stays in eval mode)."""
+    """``(T, N, K)`` logits of ``mc_samples`` dropout-on passes, seeded; the global generator is left as it was."""
     model.eval()
     device = next(model.parameters()).device
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        x = images.to(device, torch.float32)
-        p1, p2 = model.arch.dropout
-        h1 = model.hidden1(x)
-        out = [
-            model.fc3(F.dropout(F.relu(model.fc2(F.dropout(h1, p1, training=True))), p2, training=True))
-            for _ in range(mc_samples)
-        ]
-        return torch.stack(out).cpu()
+        return evaluate.mc_logits(model, images.to(device, torch.float32), mc_samples).cpu()
     finally:
         torch.random.set_rng_state(generator_state)
 

@@ -30,8 +30,8 @@ class Predictions:
 
 
 @torch.no_grad()
-def mc_softmax(model: DropoutMLP, x: torch.Tensor, mc_samples: int) -> torch.Tensor:
-    """``(T, N, K)`` softmaxes of ``T`` dropout-on passes, equal to ``softmax(model(x, mc=True))`` drawn T times.
+def mc_logits(model: DropoutMLP, x: torch.Tensor, mc_samples: int) -> torch.Tensor:
+    """``(T, N, K)`` logits of ``T`` dropout-on passes, equal to ``model(x, mc=True)`` drawn T times.
 
     The part before the first dropout (``model.hidden1``, ~3/4 of the FLOPs) is deterministic, so it is computed
     once; each pass then applies the same operations, in the same order and with the same random draws, as
@@ -43,8 +43,13 @@ def mc_softmax(model: DropoutMLP, x: torch.Tensor, mc_samples: int) -> torch.Ten
     for _ in range(mc_samples):
         h = F.dropout(h1, p1, training=True)
         h = F.dropout(F.relu(model.fc2(h)), p2, training=True)
-        out.append(torch.softmax(model.fc3(h), 1))
+        out.append(model.fc3(h))
     return torch.stack(out)
+
+
+def mc_softmax(model: DropoutMLP, x: torch.Tensor, mc_samples: int) -> torch.Tensor:
+    """``(T, N, K)`` softmaxes of :func:`mc_logits`."""
+    return torch.softmax(mc_logits(model, x, mc_samples), -1)
 
 
 @torch.no_grad()

@@ -90,8 +90,9 @@ def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     # Weight decay on the linear layers' weights only: not on biases, nor on batch-norm scales and shifts.
-    decay = [p for n, p in model.named_parameters() if n.endswith("weight") and ".bn" not in f".{n}"]
-    no_decay = [p for n, p in model.named_parameters() if not (n.endswith("weight") and ".bn" not in f".{n}")]
+    linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    decay = [p for p in model.parameters() if id(p) in linear_weights]
+    no_decay = [p for p in model.parameters() if id(p) not in linear_weights]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # fused: one kernel for all parameters, about twice as fast as the default per-tensor loop on CPU, but its
     # rounding differs, so the default keeps the loop and reproduces the artifacts it trained before
