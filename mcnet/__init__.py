@@ -8,7 +8,9 @@ An artifact is a directory holding
 * ``model.safetensors`` - the weights, no pickle;
 * ``manifest.json`` - everything needed to rebuild and trust the network:
   format version, architecture, input spec, class names, uncertainty threshold,
-  the sha256 of the weights file and a checksum of the manifest itself.
+  the sha256 of the weights file and a checksum of the manifest itself;
+* optionally ``input_check.safetensors`` - the pixel-space outlier check of
+  ``mcnet.inputcheck``, with its own sha256 in the manifest.
 
 Writes are atomic (a staging directory is renamed into place) and loading
 verifies version, schema and both checksums before any tensor reaches a model.
@@ -25,12 +27,15 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+if TYPE_CHECKING:
+    from mcnet.inputcheck import InputCheck
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -212,8 +217,9 @@ def write_artifact_files(
     uncertainty_threshold: float = 0.0,
     uncertainty_rule: str = "",
     extra: Mapping[str, Any] | None = None,
+    input_check: InputCheck | None = None,
 ) -> dict[str, Any]:
-    """Write weights and manifest into an existing directory (normally a staging one)."""
+    """Write weights, the optional input check (``mcnet.inputcheck``) and the manifest into ``directory``."""
     if len(class_names) != model.arch.num_classes:
         raise ValueError("one class name per output is required")
     weights_path = directory / WEIGHTS_FILE
@@ -235,6 +241,7 @@ def write_artifact_files(
         "weights": {"file": WEIGHTS_FILE, "sha256": sha256_file(weights_path)},
         "versions": {"torch": torch.__version__, "safetensors": safetensors.__version__},
         "created_at": _utc_now(),
+        "input_check": None if input_check is None else input_check.save(directory),
         **(dict(extra) if extra else {}),
     }
     manifest["version"] = manifest.get("version") or manifest["weights"]["sha256"][:12]

@@ -85,7 +85,7 @@ def check_uncertainty(base: str, images: list[list[int]], n_samples: int) -> flo
         mi, pe = p["mutual_information"], p["predictive_entropy"]
         if not (math.isfinite(mi) and -1e-6 <= mi <= pe + 1e-6 <= math.log(10) + 1e-3):
             raise SmokeError(f"/predict/uncertainty image {i}: need 0 <= MI <= entropy <= ln 10, got MI={mi} H={pe}")
-        if p["uncertain"] != (mi > out["uncertainty_threshold"]):
+        if p["uncertain"] != (mi > out["uncertainty_threshold"] or p.get("input_outlier") is True):
             raise SmokeError(f"/predict/uncertainty image {i}: 'uncertain' disagrees with the threshold")
     again = call(f"{base}/predict/uncertainty", body)
     if again["predictions"] != out["predictions"]:

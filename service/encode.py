@@ -17,13 +17,24 @@ def argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
 
 
-def predict_payload(loaded: LoadedModel, probs: list[list[float]]) -> dict[str, Any]:
-    """``PredictResponse`` for the ``(B, C)`` probabilities of one request."""
+def _input_fields(loaded: LoadedModel, residuals: list[float] | None, n: int) -> list[tuple[float | None, bool | None]]:
+    """Per image ``(input_residual, input_outlier)``; ``(None, None)`` when the artifact has no input check."""
+    check = loaded.input_check
+    if residuals is None or check is None:
+        return [(None, None)] * n
+    return [(r, r > check.threshold) for r in residuals]
+
+
+def predict_payload(loaded: LoadedModel, probs: list[list[float]], residuals: list[float] | None) -> dict[str, Any]:
+    """``PredictResponse`` for the ``(B, C)`` probabilities and input-check scores of one request."""
     names = loaded.class_names
+    fields = _input_fields(loaded, residuals, len(probs))
     predictions = []
-    for p in probs:
+    for p, (residual, outlier) in zip(probs, fields, strict=True):
         i = argmax(p)
-        predictions.append({"class_id": i, "label": names[i], "probabilities": p})
+        predictions.append(
+            {"class_id": i, "label": names[i], "probabilities": p, "input_residual": residual, "input_outlier": outlier}
+        )
     return {"model": loaded.ref, "predictions": predictions}
 
 
@@ -39,13 +50,21 @@ def mc_lists(result: MCResult) -> dict[str, list[Any]]:
     }
 
 
-def uncertainty_payload(loaded: LoadedModel, out: dict[str, list[Any]], n_samples: int, seed: int) -> dict[str, Any]:
-    """``UncertaintyResponse`` from :func:`mc_lists` output."""
+def uncertainty_payload(
+    loaded: LoadedModel, out: dict[str, list[Any]], residuals: list[float] | None, n_samples: int, seed: int
+) -> dict[str, Any]:
+    """``UncertaintyResponse`` from :func:`mc_lists` output and the input-check scores.
+
+    ``uncertain`` is the one flag to act on: the mutual information exceeds the manifest's threshold (the
+    network's dropout passes disagree) *or* the input check says the image is unlike the training images.
+    """
     names, threshold = loaded.class_names, loaded.threshold
+    fields = _input_fields(loaded, residuals, len(out["mean"]))
     predictions = []
     for b, mean in enumerate(out["mean"]):
         cid = argmax(mean)
         mi = out["mi"][b]
+        residual, outlier = fields[b]
         predictions.append(
             {
                 "class_id": cid,
@@ -56,13 +75,17 @@ def uncertainty_payload(loaded: LoadedModel, out: dict[str, list[Any]], n_sample
                 "predictive_entropy": out["pe"][b],
                 "expected_entropy": out["ee"][b],
                 "mutual_information": mi,
-                "uncertain": mi > threshold,
+                "input_residual": residual,
+                "input_outlier": outlier,
+                "uncertain": mi > threshold or outlier is True,
             }
         )
+    check = loaded.input_check
     return {
         "model": loaded.ref,
         "n_samples": n_samples,
         "seed": seed,
         "uncertainty_threshold": threshold,
+        "input_check_threshold": None if check is None else check.threshold,
         "predictions": predictions,
     }

@@ -15,6 +15,7 @@ import anyio
 import torch
 
 from mcnet import ArtifactError, DropoutMLP, load_artifact
+from mcnet.inputcheck import InputCheck, load_input_check
 
 from .inference import MCResult, mc_predict, predict_eval
 from .memory import keep_freed_buffers
@@ -54,6 +55,7 @@ class LoadedModel:
     model: DropoutMLP
     manifest: dict[str, Any]
     device: torch.device
+    input_check: InputCheck | None = None  # None for artifacts exported before the check existed
 
     @property
     def class_names(self) -> list[str]:
@@ -102,7 +104,8 @@ class Engine:
             model, manifest = load_artifact(self.settings.model_dir, device)
             if model.training:
                 raise ArtifactError(self.settings.model_dir, "loaded model is not in eval mode")
-            loaded = LoadedModel(model=model, manifest=manifest, device=device)
+            check = load_input_check(self.settings.model_dir, manifest)  # stays on CPU: the decoded pixels are
+            loaded = LoadedModel(model=model, manifest=manifest, device=device, input_check=check)
             self._warm_up(loaded)
             log.info(
                 "model %s version %s loaded on %s and warmed up in %.2fs",
@@ -134,6 +137,11 @@ class Engine:
         """Deterministic probabilities on CPU, ``(B, C)``."""
         loaded = self.loaded
         return predict_eval(loaded.model, x.to(loaded.device)).cpu()
+
+    def input_residuals(self, x: torch.Tensor) -> list[float] | None:
+        """The input check's score per image of the CPU batch ``x``; None when the artifact has no check."""
+        check = self.loaded.input_check
+        return None if check is None else check.score(x).tolist()
 
     def predict_mc(self, x: torch.Tensor, n_samples: int, seed: int) -> MCResult:
         """MC dropout summaries (on the model's device) with masks from a generator seeded with ``seed``."""

@@ -121,7 +121,7 @@ class FastPredictPath:
         start = time.perf_counter()
         probs = await self.batcher.submit(x)
         seconds = time.perf_counter() - start  # model time of the shared pass, plus time queued for it
-        payload = predict_payload(self.engine.loaded, probs.tolist())
+        payload = predict_payload(self.engine.loaded, probs.tolist(), self.engine.input_residuals(x))
         self.metrics.record_predict(payload["predictions"], seconds)
         return payload
 
@@ -139,13 +139,14 @@ class FastPredictPath:
         seed = self.engine.fresh_seed() if seed is None else seed
         engine = self.engine
 
-        def work() -> tuple[dict[str, list[Any]], float]:
+        def work() -> tuple[dict[str, list[Any]], list[float] | None, float]:
             start = time.perf_counter()
             out = mc_lists(engine.predict_mc(x, n, seed))
-            return out, time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            return out, engine.input_residuals(x), seconds
 
-        out, seconds = await engine.run(work)
-        payload = uncertainty_payload(engine.loaded, out, n, seed)
+        out, residuals, seconds = await engine.run(work)
+        payload = uncertainty_payload(engine.loaded, out, residuals, n, seed)
         self.metrics.record_uncertainty(payload["predictions"], n, seconds)
         return payload
 

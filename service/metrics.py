@@ -62,8 +62,14 @@ class Metrics:
             ["endpoint", "class_name"], registry=registry,
         )  # fmt: skip
         self.uncertain = Counter(
-            "mcserve_uncertain_predictions", "Images whose mutual information exceeded the threshold", registry=registry
+            "mcserve_uncertain_predictions",
+            "Images flagged uncertain (MI above threshold or input outlier)",
+            registry=registry,
         )
+        self.input_outliers = Counter(
+            "mcserve_input_outliers", "Images the input check flagged as unlike the training images, by endpoint",
+            ["endpoint"], registry=registry,
+        )  # fmt: skip
         self.model_info = Gauge(
             "mcserve_model_info", "Loaded model (value 1) with its identity as labels",
             ["name", "version", "sha256", "device"], registry=registry,
@@ -94,15 +100,19 @@ class Metrics:
         self.model_info.labels(name=name, version=version, sha256=sha256, device=device).set(1)
         self.ready.set(1)
 
-    def record_predictions(self, endpoint: str, labels: Sequence[str]) -> None:
-        self.child(self.batch_size, endpoint).observe(len(labels))
-        for label in labels:
-            self.child(self.predictions, endpoint, label).inc()
+    def record_predictions(self, endpoint: str, predictions: Sequence[Mapping[str, Any]]) -> None:
+        self.child(self.batch_size, endpoint).observe(len(predictions))
+        outliers = 0
+        for p in predictions:
+            self.child(self.predictions, endpoint, p["label"]).inc()
+            outliers += p["input_outlier"] is True
+        if outliers:
+            self.child(self.input_outliers, endpoint).inc(outliers)
 
     def record_predict(self, predictions: Sequence[Mapping[str, Any]], seconds: float) -> None:
         """One answered ``/predict`` request: its model time, batch size and predicted classes."""
         self.child(self.inference_latency, "predict").observe(seconds)
-        self.record_predictions("predict", [p["label"] for p in predictions])
+        self.record_predictions("predict", predictions)
 
     def record_uncertainty(self, predictions: Sequence[Mapping[str, Any]], n_samples: int, seconds: float) -> None:
         """One answered ``/predict/uncertainty`` request, including each image's entropy and MI."""
@@ -113,7 +123,7 @@ class Metrics:
                 self.uncertain.inc()
         self.child(self.inference_latency, "predict_uncertainty").observe(seconds)
         self.mc_samples.observe(n_samples)
-        self.record_predictions("predict_uncertainty", [p["label"] for p in predictions])
+        self.record_predictions("predict_uncertainty", predictions)
 
     def record_batch(self, requests: int, images: int) -> None:
         """One dynamic-batching forward pass of ``/predict``: how many requests and images it served."""

@@ -52,14 +52,15 @@ async def predict(body: PredictRequest, engine: EngineDep, metrics: MetricsDep) 
     """
     s = engine.settings
 
-    def work() -> tuple[list[list[float]], float]:
+    def work() -> tuple[list[list[float]], list[float] | None, float]:
         x = decode_batch(body.images, body.images_png, s.max_batch, s.max_png_bytes)
         start = time.perf_counter()
         probs = engine.predict(x)
-        return probs.tolist(), time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        return probs.tolist(), engine.input_residuals(x), seconds
 
-    probs, seconds = await engine.run(work)
-    payload = predict_payload(engine.loaded, probs)
+    probs, residuals, seconds = await engine.run(work)
+    payload = predict_payload(engine.loaded, probs, residuals)
     metrics.record_predict(payload["predictions"], seconds)
     return payload
 
@@ -85,14 +86,15 @@ async def predict_uncertainty(body: UncertaintyRequest, engine: EngineDep, metri
         )
     seed = engine.fresh_seed() if body.seed is None else body.seed
 
-    def work() -> tuple[dict[str, list[Any]], float]:
+    def work() -> tuple[dict[str, list[Any]], list[float] | None, float]:
         x = decode_batch(body.images, body.images_png, s.max_batch, s.max_png_bytes)
         start = time.perf_counter()
         out = mc_lists(engine.predict_mc(x, n, seed))
-        return out, time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        return out, engine.input_residuals(x), seconds
 
-    out, seconds = await engine.run(work)
-    payload = uncertainty_payload(engine.loaded, out, n, seed)
+    out, residuals, seconds = await engine.run(work)
+    payload = uncertainty_payload(engine.loaded, out, residuals, n, seed)
     metrics.record_uncertainty(payload["predictions"], n, seconds)
     return payload
 
@@ -119,10 +121,18 @@ _INFO_EXAMPLE = {
     "device": "cpu",
     "class_names": ["T-shirt/top", "Trouser", "…"],
     "uncertainty": {"metric": "mutual_information", "threshold": 0.1, "rule": "…"},
+    "input_check": {"method": "pca_residual", "components": 32, "threshold": 0.004, "quantile": 0.99, "rule": "…"},
     "metrics": {"test_accuracy": 0.85},
     "limits": {"max_batch": 256, "default_samples": 100, "max_samples": 1000},
     "batching": {"fast_path": True, "max_images": 256, "max_wait_ms": 0.0},
 }
+
+
+def _check_info(section: Any) -> dict[str, Any] | None:
+    """The manifest's input-check section without file bookkeeping."""
+    if not isinstance(section, dict):
+        return None
+    return {k: section.get(k) for k in ("method", "components", "threshold", "quantile", "rule")}
 
 
 @router.get(
@@ -141,6 +151,7 @@ async def info(engine: EngineDep) -> JSONResponse:
             "class_names": loaded.class_names,
             "architecture": m.get("architecture"),
             "uncertainty": m.get("uncertainty"),
+            "input_check": _check_info(m.get("input_check")),
             "metrics": m.get("metrics", {}),
             "limits": {
                 "max_batch": s.max_batch,

@@ -65,10 +65,16 @@ class ModelRef(BaseModel):
     sha256: str
 
 
+_RESIDUAL = "the input check's score: mean squared pixel residual outside the training images' principal subspace"
+_OUTLIER = "input_residual above the artifact's input-check threshold: the image is unlike the training images"
+
+
 class Prediction(BaseModel):
     class_id: int
     label: str
     probabilities: list[float]
+    input_residual: float | None = Field(description=_RESIDUAL + "; null if the artifact has no input check")
+    input_outlier: bool | None = Field(description=_OUTLIER + "; null if the artifact has no input check")
 
 
 class PredictResponse(BaseModel):
@@ -82,6 +88,8 @@ class PredictResponse(BaseModel):
                             "class_id": 9,
                             "label": "Ankle boot",
                             "probabilities": [0.0, 0.0, 0.0, 0.0, 0.0, 0.01, 0.0, 0.02, 0.0, 0.97],
+                            "input_residual": 0.0021,
+                            "input_outlier": False,
                         }
                     ],
                 }
@@ -102,7 +110,9 @@ class UncertainPrediction(BaseModel):
     predictive_entropy: float = Field(description="entropy of the mean prediction, nats")
     expected_entropy: float = Field(description="mean entropy of the individual passes, nats")
     mutual_information: float = Field(description="predictive_entropy - expected_entropy (epistemic), nats")
-    uncertain: bool = Field(description="mutual_information above the manifest's threshold")
+    input_residual: float | None = Field(description=_RESIDUAL + "; null if the artifact has no input check")
+    input_outlier: bool | None = Field(description=_OUTLIER + "; null if the artifact has no input check")
+    uncertain: bool = Field(description="mutual_information above the manifest's threshold, or input_outlier")
 
 
 class UncertaintyResponse(BaseModel):
@@ -114,6 +124,7 @@ class UncertaintyResponse(BaseModel):
                     "n_samples": 100,
                     "seed": 42,
                     "uncertainty_threshold": 0.1,
+                    "input_check_threshold": 0.0061,
                     "predictions": [
                         {
                             "class_id": 9,
@@ -124,6 +135,8 @@ class UncertaintyResponse(BaseModel):
                             "predictive_entropy": 0.23,
                             "expected_entropy": 0.19,
                             "mutual_information": 0.04,
+                            "input_residual": 0.0021,
+                            "input_outlier": False,
                             "uncertain": False,
                         }
                     ],
@@ -136,6 +149,7 @@ class UncertaintyResponse(BaseModel):
     n_samples: int
     seed: int = Field(description="seed actually used; send it back to reproduce this response")
     uncertainty_threshold: float
+    input_check_threshold: float | None = Field(description="null if the artifact has no input check")
     predictions: list[UncertainPrediction]
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mcnet import DropoutMLP
+from mcnet.inputcheck import InputCheck
 from training import metrics
 from training.data import Split, digits_ood, inverted, uniform_noise
 
@@ -105,22 +106,58 @@ def ood_report(in_dist: Predictions, ood: dict[str, Predictions], threshold: flo
     return report
 
 
+def input_check_report(
+    check: InputCheck,
+    test: Predictions,
+    test_images: torch.Tensor,
+    ood: dict[str, tuple[torch.Tensor, Predictions]],
+    threshold: float,
+) -> dict[str, float]:
+    """The pixel-space input check per set: AUROC of its score, its flag rate, and the rate of the service's
+    ``uncertain`` flag (MI above ``threshold`` *or* input flagged)."""
+    test_scores = check.score(test_images).to(torch.float64)
+    test_flags = check.flags(test_scores)
+    report = {
+        "test_input_flagged_fraction": float(test_flags.double().mean()),
+        "test_flagged_fraction": float((test_flags | (test.mc_mi > threshold)).double().mean()),
+        "input_check_threshold": check.threshold,
+    }
+    for name, (images, pred) in ood.items():
+        scores = check.score(images).to(torch.float64)
+        flags = check.flags(scores)
+        report[f"ood_auroc_{name}_input_residual"] = metrics.auroc(scores, test_scores)
+        report[f"ood_input_flagged_fraction_{name}"] = float(flags.double().mean())
+        report[f"ood_flagged_fraction_{name}"] = float((flags | (pred.mc_mi > threshold)).double().mean())
+    return report
+
+
 def mi_threshold(val_mi: torch.Tensor, quantile: float) -> float:
     """The 'uncertain' threshold: the given quantile of in-distribution (validation) mutual information."""
     return float(torch.quantile(val_mi.to(torch.float64), quantile))
 
 
 def evaluate(
-    model: DropoutMLP, val: Split, test: Split, mc_samples: int, noise_samples: int, quantile: float, seed: int
+    model: DropoutMLP,
+    val: Split,
+    test: Split,
+    mc_samples: int,
+    noise_samples: int,
+    quantile: float,
+    seed: int,
+    check: InputCheck | None = None,
 ) -> tuple[dict[str, float], dict[str, Predictions], float]:
     """Full evaluation; returns (report, predictions by set name incl. 'val'/'test', MI threshold)."""
     torch.manual_seed(seed + 1)  # the MC dropout masks: a fixed seed makes the report reproducible
     preds = {"val": predict(model, val.images, mc_samples), "test": predict(model, test.images, mc_samples)}
-    for name, images in ood_sets(test.images, noise_samples, seed).items():
+    oods = ood_sets(test.images, noise_samples, seed)
+    for name, images in oods.items():
         preds[name] = predict(model, images, mc_samples)
     threshold = mi_threshold(preds["val"].mc_mi, quantile)
     report = classification_report(preds["test"], test.labels)
-    report.update(ood_report(preds["test"], {k: v for k, v in preds.items() if k not in ("val", "test")}, threshold))
+    report.update(ood_report(preds["test"], {k: preds[k] for k in oods}, threshold))
+    if check is not None:
+        ood = {k: (images, preds[k]) for k, images in oods.items()}
+        report.update(input_check_report(check, preds["test"], test.images, ood, threshold))
     report["uncertainty_threshold"] = threshold
     report["mc_samples"] = float(mc_samples)
     return report, preds, threshold

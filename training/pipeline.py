@@ -14,6 +14,7 @@ import torch
 import torchvision
 
 import mcnet
+from mcnet.inputcheck import InputCheck
 from training import calibrate, plots
 from training.config import TrainConfig
 from training.data import DEFAULT_DATA_DIR, load_fashion_mnist
@@ -75,6 +76,11 @@ def run(config: TrainConfig) -> dict[str, Any]:
         calibrate_seconds = time.perf_counter() - t0
         print(f"temperature {temperature:.2f} ({calibrate_seconds:.1f} s)", file=sys.stderr)
         t0 = time.perf_counter()
+        check = InputCheck.fit(
+            train_split.images, data.val.images, config.input_check_components, config.input_check_quantile
+        )
+        check_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
         report, preds, threshold = evaluate(
             result.model,
             data.val,
@@ -83,7 +89,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
             config.ood_noise_samples,
             config.uncertainty_quantile,
             config.seed,
+            check,
         )
+        report["input_check_seconds"] = check_seconds
         report["eval_seconds"] = time.perf_counter() - t0
         report["calibrate_seconds"] = calibrate_seconds
         report["temperature"] = temperature
@@ -104,6 +112,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
             result.model.cpu(),
             uncertainty_threshold=threshold,
             uncertainty_rule=rule,
+            input_check=check,
             extra={
                 "training": config.to_json(),
                 "metrics": {k: report[k] for k in HEADLINE},

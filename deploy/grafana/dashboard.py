@@ -68,6 +68,10 @@ def panels() -> list[Panel]:
         f"sum(rate(mcserve_uncertain_predictions_total[{RATE}]))"
         f' / sum(rate(mcserve_predictions_total{{endpoint="predict_uncertainty"}}[{RATE}]))'
     )
+    outliers = (
+        f"sum by (endpoint) (rate(mcserve_input_outliers_total[{RATE}]))"
+        f" / sum by (endpoint) (rate(mcserve_predictions_total[{RATE}]))"
+    )
     mean_samples = f"sum(rate(mcserve_mc_samples_sum[{RATE}])) / sum(rate(mcserve_mc_samples_count[{RATE}]))"
     coalesced = "mcserve_batch_coalesced_requests"
     mean_coalesced = f"sum(rate({coalesced}_sum[{RATE}])) / sum(rate({coalesced}_count[{RATE}]))"
@@ -147,7 +151,16 @@ def panels() -> list[Panel]:
             "timeseries",
             [target(share, "uncertain share", "A")],
             "percentunit",
-            "Images whose mutual information exceeded the model's threshold (drift alert on a jump).",
+            "Images flagged uncertain: mutual information above the model's threshold or an input outlier "
+            "(drift alert on a jump).",
+        ),
+        panel(
+            "Share of input outliers by endpoint",
+            "timeseries",
+            [target(outliers, "{{endpoint}}", "A")],
+            "percentunit",
+            "Images the pixel-space input check flagged as unlike the training images (about 1% of real garments; "
+            "a rise means inverted, cropped, non-garment or corrupted inputs).",
         ),
         heatmap(
             "Mutual information distribution",

@@ -27,7 +27,7 @@ def exported_sample_names() -> set[str]:
     metrics.requests.labels(route="/x", method="GET", status="200").inc()
     metrics.request_latency.labels(route="/x").observe(0.1)
     metrics.inference_latency.labels(endpoint="predict").observe(0.1)
-    metrics.record_predictions("predict", ["Bag"])
+    metrics.record_predictions("predict", [{"label": "Bag", "input_outlier": True}])
     return {s.name for family in registry.collect() for s in family.samples}
 
 
@@ -85,6 +85,7 @@ def test_dashboard_covers_what_on_call_needs(dashboard: dict[str, Any]) -> None:
         "mcserve_mutual_information_nats_bucket",
         "mcserve_predictive_entropy_nats_bucket",
         "mcserve_uncertain_predictions_total",
+        "mcserve_input_outliers_total",
         "sum by (class_name) (rate(mcserve_predictions_total",
         "mcserve_model_info",
     ):

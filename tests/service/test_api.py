@@ -100,7 +100,7 @@ def test_uncertainty_response(client: TestClient, test_images: Images, trained_a
         assert p["class_id"] == int(np.argmax(mean)) and isinstance(p["label"], str)
         assert p["predictive_entropy"] >= p["expected_entropy"] - 1e-6
         assert abs(p["mutual_information"] - max(p["predictive_entropy"] - p["expected_entropy"], 0)) < 1e-5
-        assert p["uncertain"] == (p["mutual_information"] > threshold)
+        assert p["uncertain"] == (p["mutual_information"] > threshold or p["input_outlier"])
     assert any(np.array(p["variance"]).max() > 0 for p in data["predictions"]), "dropout must be on for MC passes"
 
 
@@ -136,6 +136,8 @@ def test_livez_readyz_and_info(client: TestClient, trained_artifact: Path) -> No
     assert info["class_names"] == manifest["class_names"]
     assert info["metrics"] == manifest.get("metrics", {}) and info["metrics"]
     assert info["uncertainty"]["threshold"] == manifest["uncertainty"]["threshold"]
+    assert info["input_check"]["threshold"] == manifest["input_check"]["threshold"]
+    assert info["input_check"]["method"] == "pca_residual" and info["input_check"]["components"] == 32
     assert info["limits"]["max_batch"] == 256 and info["limits"]["max_samples"] == 1000
     assert info["batching"] == {"fast_path": True, "max_images": 256, "max_wait_ms": 0.0}
 
@@ -183,3 +185,51 @@ def _refs(node: Any) -> Iterator[str]:
     elif isinstance(node, list):
         for v in node:
             yield from _refs(v)
+
+
+def test_input_check_flags_inverted_images_and_noise_on_both_endpoints(
+    client: TestClient, test_images: Images, trained_artifact: Path
+) -> None:
+    """Garments pass the pixel-space check; white-background (inverted) garments and uniform noise do not,
+    and on the MC endpoint such an input is ``uncertain`` whatever its mutual information."""
+    garments = test_images[0][:20]
+    noise = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28))
+    odd = np.concatenate([255 - garments[:5], noise])
+    section = read_manifest(trained_artifact)["input_check"]
+    for path, extra in (("/predict", {}), ("/predict/uncertainty", {"n_samples": 20, "seed": 1})):
+        ok = client.post(path, json=body(garments, **extra)).json()
+        bad = client.post(path, json=body(odd, **extra)).json()
+        assert sum(p["input_outlier"] for p in ok["predictions"]) <= 1, path  # 1 % of test images are flagged
+        assert all(p["input_outlier"] is True for p in bad["predictions"]), path
+        for p in ok["predictions"] + bad["predictions"]:
+            assert p["input_outlier"] == (p["input_residual"] > section["threshold"])
+        if path == "/predict/uncertainty":
+            assert bad["input_check_threshold"] == section["threshold"]
+            assert all(p["uncertain"] for p in bad["predictions"])
+
+
+def test_input_residual_is_the_checks_score(client: TestClient, test_images: Images, trained_artifact: Path) -> None:
+    from mcnet.inputcheck import load_input_check
+
+    check = load_input_check(trained_artifact, read_manifest(trained_artifact))
+    assert check is not None
+    images = test_images[0][:8]
+    got = [p["input_residual"] for p in client.post("/predict", json=body(images)).json()["predictions"]]
+    want = check.score(torch.from_numpy(images.astype(np.float32))).tolist()
+    assert np.allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_artifact_without_an_input_check_serves_nulls(
+    tmp_path: Path, make_settings: Callable[..., Settings], test_images: Images
+) -> None:
+    """Artifacts exported before the check existed still load; the check's fields are null, never guessed."""
+    from mcnet import DropoutMLP, save_artifact
+
+    save_artifact(tmp_path / "old", DropoutMLP(), uncertainty_threshold=0.1, uncertainty_rule="test")
+    with TestClient(create_app(make_settings(tmp_path / "old"))) as c:
+        p = c.post("/predict", json=body(test_images[0][:2])).json()["predictions"][0]
+        assert (p["input_residual"], p["input_outlier"]) == (None, None)
+        mc = c.post("/predict/uncertainty", json=body(255 - test_images[0][:2], n_samples=5)).json()
+        assert mc["input_check_threshold"] is None
+        assert all(q["uncertain"] == (q["mutual_information"] > 0.1) for q in mc["predictions"])
+        assert c.get("/info").json()["input_check"] is None

@@ -72,3 +72,16 @@ def test_metrics_reflect_requests(
             by_class[p["label"]] = by_class.get(p["label"], 0) + 1
     for label, count in by_class.items():
         assert value(after, "mcserve_predictions_total", endpoint="predict", class_name=label) == count
+
+
+def test_input_outliers_are_counted_per_endpoint(
+    trained_artifact: Path, make_settings: Callable[..., Settings], test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    inverted = [(255 - img).tolist() for img in test_images[0][:3]]
+    with TestClient(create_app(make_settings(trained_artifact), registry=CollectorRegistry())) as client:
+        assert client.post("/predict", json={"images": inverted}).status_code == 200
+        mc = client.post("/predict/uncertainty", json={"images": inverted[:2], "n_samples": 5}).json()
+        after = scrape(client)
+    assert value(after, "mcserve_input_outliers_total", endpoint="predict") == 3
+    assert value(after, "mcserve_input_outliers_total", endpoint="predict_uncertainty") == 2
+    assert value(after, "mcserve_uncertain_predictions_total") == sum(p["uncertain"] for p in mc["predictions"]) == 2

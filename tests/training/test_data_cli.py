@@ -67,21 +67,28 @@ def test_cli_reads_env_and_presets(tmp_path: Path) -> None:
     )
     # the book's network and procedure: no batch norm, no input noise, no temperature, best-val-loss epoch
     assert (cfg.batch_norm, cfg.input_noise, cfg.temperature, cfg.select) == (False, 0.0, False, "val_loss")
-    args = build_parser().parse_args(["--out", str(tmp_path), "--preset", "accurate", "--seed", "3"])
+    args = build_parser().parse_args(["--out", str(tmp_path), "--preset", "plain", "--seed", "3"])
     cfg = config_from_args(args, environ={})
     assert (cfg.preset, cfg.batch_norm, cfg.input_noise, cfg.weight_decay, cfg.select, cfg.temperature) == (
-        "accurate",
-        True,
-        0.1,
-        0.5,
-        "last",
-        True,
+        "plain",
+        False,
+        0.0,
+        0.2,
+        "val_loss",
+        False,
     )
     assert cfg.seed == 3 and cfg.epochs == 50
     args = build_parser().parse_args(["--out", str(tmp_path), "--mc-samples", "7", "--no-plots", "--train-limit", "9"])
     cfg = config_from_args(args, environ={})
     assert cfg.data_dir == Path("/usr/share/datasets/fashion-mnist")
     assert (cfg.preset, cfg.eval_mc_samples, cfg.plots, cfg.train_limit) == ("default", 7, False, 9)
+    assert (cfg.batch_norm, cfg.input_noise, cfg.weight_decay, cfg.select, cfg.temperature) == (
+        True,
+        0.1,
+        0.5,
+        "last",
+        True,
+    )
 
 
 def test_skip_if_valid_does_not_train(tmp_path: Path) -> None:

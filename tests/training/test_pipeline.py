@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import mcnet
-from training.config import TrainConfig, accurate_preset
+from mcnet.inputcheck import load_input_check
+from training.config import TrainConfig, plain_preset
 from training.pipeline import run
 
 REPORT_KEYS = (
@@ -56,7 +57,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, fashion_dir: Path) -> tup
 def test_short_real_run_writes_everything(tiny_run: tuple[Path, dict[str, float]]) -> None:
     out, report = tiny_run
     names = {p.name for p in out.iterdir()}
-    expected = {"model.safetensors", "manifest.json", "report.json", "history.jsonl"}
+    expected = {"model.safetensors", "input_check.safetensors", "manifest.json", "report.json", "history.jsonl"}
     assert expected | {"training_curves.png", "reliability.png", "mi_histogram.png"} <= names
     assert not any(n.startswith(".") for n in names)
     on_disk = json.loads((out / "report.json").read_text())
@@ -84,20 +85,40 @@ def test_artifact_loads_and_describes_itself(tiny_run: tuple[Path, dict[str, flo
     assert manifest["input"]["mean"] == pytest.approx(0.2860) and manifest["input"]["scale_max"] == 255.0
     probs = torch.softmax(model(torch.zeros(2, 28, 28)), 1)
     assert probs.shape == (2, 10)
-    assert manifest["calibration"] == {"temperature": 1.0, "rule": None}  # the default fits no temperature
-
-
-def test_accurate_preset_exports_a_plain_network_with_its_temperature(tmp_path: Path, fashion_dir: Path) -> None:
-    """Batch norm is folded away (plain fc1/fc2/fc3 weights) and the fitted temperature is recorded."""
-    tiny = dict(epochs=1, train_limit=500, batch_size=50, eval_mc_samples=4, ood_noise_samples=10, device="cpu")
-    report = run(accurate_preset(out_dir=tmp_path / "m", data_dir=fashion_dir, plots=False, **tiny))
-    model, manifest = mcnet.load_artifact(tmp_path / "m")
+    # the default trains with batch norm, folded away at export (plain fc1/fc2/fc3), and fits a temperature
     assert set(model.state_dict()) == {f"fc{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")}
     training = manifest["training"]
-    assert (training["preset"], training["batch_norm"], training["select"]) == ("accurate", True, "last")
+    assert (training["preset"], training["batch_norm"], training["select"]) == ("default", True, "last")
     assert manifest["calibration"]["temperature"] == report["temperature"]
     assert 0.5 <= report["temperature"] <= 3.0 and "validation" in manifest["calibration"]["rule"]
-    assert 0.4 < report["test_accuracy_eval"] <= 1.0
+
+
+def test_input_check_is_exported_and_flags_far_ood(tiny_run: tuple[Path, dict[str, float]]) -> None:
+    """The pixel-space check fitted on 500 training images already separates inverted images and noise."""
+    out, report = tiny_run
+    _, manifest = mcnet.load_artifact(out)
+    check = load_input_check(out, manifest)
+    assert check is not None and check.components.shape == (32, 784)
+    section = manifest["input_check"]
+    assert section["threshold"] == pytest.approx(report["input_check_threshold"]) == pytest.approx(check.threshold)
+    assert section["quantile"] == 0.99 and "99th percentile" in section["rule"]
+    assert report["ood_input_flagged_fraction_inverted"] == 1.0 and report["ood_input_flagged_fraction_noise"] == 1.0
+    assert report["ood_auroc_inverted_input_residual"] > 0.99 and report["ood_auroc_noise_input_residual"] > 0.99
+    assert report["test_input_flagged_fraction"] < 0.05
+    # the service's "uncertain" flag (MI or input) covers at least what either one flags
+    either = max(report["test_input_flagged_fraction"], report["test_uncertain_fraction"])
+    assert report["test_flagged_fraction"] >= either
+
+
+def test_plain_preset_has_no_batch_norm_and_no_temperature(tmp_path: Path, fashion_dir: Path) -> None:
+    tiny = dict(epochs=1, train_limit=500, batch_size=50, eval_mc_samples=4, ood_noise_samples=10, device="cpu")
+    report = run(plain_preset(out_dir=tmp_path / "m", data_dir=fashion_dir, plots=False, **tiny))
+    _, manifest = mcnet.load_artifact(tmp_path / "m")
+    training = manifest["training"]
+    assert (training["preset"], training["batch_norm"], training["select"]) == ("plain", False, "val_loss")
+    assert (training["weight_decay"], training["input_noise"]) == (0.2, 0.0)
+    assert manifest["calibration"] == {"temperature": 1.0, "rule": None}
+    assert report["temperature"] == 1.0 and 0.4 < report["test_accuracy_eval"] <= 1.0
 
 
 def test_flipped_weight_byte_is_refused(tiny_run: tuple[Path, dict[str, float]], tmp_path: Path) -> None:
