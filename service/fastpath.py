@@ -77,7 +77,7 @@ class FastPredictPath:
         )
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.engine.predict(x)
+        return self.engine.predict_scored(x)
 
     def _on_batch(self, stats: BatchStats) -> None:
         self.metrics.record_batch(stats.requests, stats.images)
@@ -119,9 +119,11 @@ class FastPredictPath:
 
     async def _predict(self, x: torch.Tensor) -> dict[str, Any]:
         start = time.perf_counter()
-        probs = await self.batcher.submit(x)
+        rows = (await self.batcher.submit(x)).tolist()
         seconds = time.perf_counter() - start  # model time of the shared pass, plus time queued for it
-        payload = predict_payload(self.engine.loaded, probs.tolist(), self.engine.input_residuals(x))
+        residuals = [row.pop() for row in rows]  # predict_scored's last column: the input check's score
+        loaded = self.engine.loaded
+        payload = predict_payload(loaded, rows, None if loaded.input_check is None else residuals)
         self.metrics.record_predict(payload["predictions"], seconds)
         return payload
 

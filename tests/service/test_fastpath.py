@@ -97,11 +97,15 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_prediction(
     responses = asyncio.run(main())
     x = torch.from_numpy(images[:n].astype(np.float32))
     alone = np.stack([engine.predict(x[i : i + 1])[0].numpy() for i in range(n)])  # one image per pass
+    residuals = engine.input_residuals(x)
+    assert residuals is not None
     for i, r in enumerate(responses):
         assert r.status_code == 200
         (pred,) = r.json()["predictions"]
         np.testing.assert_allclose(pred["probabilities"], alone[i], rtol=0, atol=1e-6)
         assert pred["class_id"] == int(np.argmax(alone[i]))
+        # the batch's input-check column reaches the request it belongs to
+        assert abs(pred["input_residual"] - residuals[i]) <= 1e-6 * max(1.0, residuals[i])
     batches = registry.get_sample_value("mcserve_batch_coalesced_requests_count")
     served = registry.get_sample_value("mcserve_batch_coalesced_requests_sum")
     assert served == n
