@@ -6,10 +6,13 @@ request gets the same payload whichever way it was served.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from .engine import LoadedModel
+import torch
+
+from .engine import Engine, LoadedModel
 from .inference import MCResult
 
 
@@ -89,3 +92,14 @@ def uncertainty_payload(
         "input_check_threshold": None if check is None else check.threshold,
         "predictions": predictions,
     }
+
+
+def run_uncertainty(engine: Engine, x: torch.Tensor, n_samples: int, seed: int) -> tuple[dict[str, Any], float]:
+    """MC-dropout passes over decoded images ``x``, encoded: ``(UncertaintyResponse payload, model seconds)``.
+
+    Blocking: the route and the fast path run it in the engine's worker threads.
+    """
+    start = time.perf_counter()
+    out = mc_lists(engine.predict_mc(x, n_samples, seed))
+    seconds = time.perf_counter() - start
+    return uncertainty_payload(engine.loaded, out, engine.input_residuals(x), n_samples, seed), seconds

@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .batching import BatchStats, MicroBatcher
 from .decode import decode_number_lists
-from .encode import mc_lists, predict_payload, uncertainty_payload
+from .encode import predict_payload, run_uncertainty
 from .engine import Engine
 from .limits import replay_body
 from .metrics import Metrics
@@ -139,16 +139,7 @@ class FastPredictPath:
         if x is None or n * len(x) > s.max_work:
             return None
         seed = self.engine.fresh_seed() if seed is None else seed
-        engine = self.engine
-
-        def work() -> tuple[dict[str, list[Any]], list[float] | None, float]:
-            start = time.perf_counter()
-            out = mc_lists(engine.predict_mc(x, n, seed))
-            seconds = time.perf_counter() - start
-            return out, engine.input_residuals(x), seconds
-
-        out, residuals, seconds = await engine.run(work)
-        payload = uncertainty_payload(engine.loaded, out, residuals, n, seed)
+        payload, seconds = await self.engine.run(run_uncertainty, self.engine, x, n, seed)
         self.metrics.record_uncertainty(payload["predictions"], n, seconds)
         return payload
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .decode import decode_batch
-from .encode import mc_lists, predict_payload, uncertainty_payload
+from .encode import predict_payload, run_uncertainty
 from .engine import Engine
 from .errors import InputError, NotReadyError, error_response
 from .metrics import Metrics
@@ -86,15 +86,11 @@ async def predict_uncertainty(body: UncertaintyRequest, engine: EngineDep, metri
         )
     seed = engine.fresh_seed() if body.seed is None else body.seed
 
-    def work() -> tuple[dict[str, list[Any]], list[float] | None, float]:
+    def work() -> tuple[dict[str, Any], float]:
         x = decode_batch(body.images, body.images_png, s.max_batch, s.max_png_bytes)
-        start = time.perf_counter()
-        out = mc_lists(engine.predict_mc(x, n, seed))
-        seconds = time.perf_counter() - start
-        return out, engine.input_residuals(x), seconds
+        return run_uncertainty(engine, x, n, seed)
 
-    out, residuals, seconds = await engine.run(work)
-    payload = uncertainty_payload(engine.loaded, out, residuals, n, seed)
+    payload, seconds = await engine.run(work)
     metrics.record_uncertainty(payload["predictions"], n, seconds)
     return payload
 
