@@ -1,7 +1,8 @@
 """Turn model outputs into response payloads (plain dicts, the shapes of ``schemas``).
 
-The FastAPI routes and the fast path both encode through these functions, so a
-request gets the same payload whichever way it was served.
+The FastAPI routes and the fast path both encode through these functions (and run MC
+requests through :func:`run_uncertainty`), so a request gets the same payload whichever
+way it was served.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ class Engine:
             model, manifest = load_artifact(self.settings.model_dir, device)
             if model.training:
                 raise ArtifactError(self.settings.model_dir, "loaded model is not in eval mode")
-            check = load_input_check(self.settings.model_dir, manifest)  # stays on CPU: the decoded pixels are
+            check = load_input_check(self.settings.model_dir, manifest)  # on CPU, where requests decode pixels
             loaded = LoadedModel(model=model, manifest=manifest, device=device, input_check=check)
             self._warm_up(loaded)
             log.info(

@@ -70,6 +70,8 @@ class Metrics:
             "mcserve_input_outliers", "Images the input check flagged as unlike the training images, by endpoint",
             ["endpoint"], registry=registry,
         )  # fmt: skip
+        for endpoint in ("predict", "predict_uncertainty"):  # exported as 0 from the start: rates need a series
+            self.input_outliers.labels(endpoint)
         self.model_info = Gauge(
             "mcserve_model_info", "Loaded model (value 1) with its identity as labels",
             ["name", "version", "sha256", "device"], registry=registry,

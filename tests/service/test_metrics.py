@@ -79,6 +79,9 @@ def test_input_outliers_are_counted_per_endpoint(
 ) -> None:
     inverted = [(255 - img).tolist() for img in test_images[0][:3]]
     with TestClient(create_app(make_settings(trained_artifact), registry=CollectorRegistry())) as client:
+        before = scrape(client)
+        for endpoint in ("predict", "predict_uncertainty"):  # a 0 series from the start, so rate() has data
+            assert before[("mcserve_input_outliers_total", frozenset({("endpoint", endpoint)}))] == 0
         assert client.post("/predict", json={"images": inverted}).status_code == 200
         mc = client.post("/predict/uncertainty", json={"images": inverted[:2], "n_samples": 5}).json()
         after = scrape(client)
