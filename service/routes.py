@@ -117,7 +117,7 @@ _INFO_EXAMPLE = {
     "device": "cpu",
     "class_names": ["T-shirt/top", "Trouser", "…"],
     "uncertainty": {"metric": "mutual_information", "threshold": 0.1, "rule": "…"},
-    "input_check": {"method": "pca_residual", "components": 32, "threshold": 0.004, "quantile": 0.99, "rule": "…"},
+    "input_check": {"method": "pca_residual", "components": 32, "threshold": 0.042, "quantile": 0.99, "rule": "…"},
     "metrics": {"test_accuracy": 0.85},
     "limits": {"max_batch": 256, "default_samples": 100, "max_samples": 1000},
     "batching": {"fast_path": True, "max_images": 256, "max_wait_ms": 0.0},

@@ -88,7 +88,7 @@ class PredictResponse(BaseModel):
                             "class_id": 9,
                             "label": "Ankle boot",
                             "probabilities": [0.0, 0.0, 0.0, 0.0, 0.0, 0.01, 0.0, 0.02, 0.0, 0.97],
-                            "input_residual": 0.0021,
+                            "input_residual": 0.011,
                             "input_outlier": False,
                         }
                     ],
@@ -124,7 +124,7 @@ class UncertaintyResponse(BaseModel):
                     "n_samples": 100,
                     "seed": 42,
                     "uncertainty_threshold": 0.1,
-                    "input_check_threshold": 0.0061,
+                    "input_check_threshold": 0.042,
                     "predictions": [
                         {
                             "class_id": 9,
@@ -135,7 +135,7 @@ class UncertaintyResponse(BaseModel):
                             "predictive_entropy": 0.23,
                             "expected_entropy": 0.19,
                             "mutual_information": 0.04,
-                            "input_residual": 0.0021,
+                            "input_residual": 0.011,
                             "input_outlier": False,
                             "uncertain": False,
                         }
