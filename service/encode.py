@@ -29,9 +29,13 @@ def _input_fields(loaded: LoadedModel, residuals: list[float] | None, n: int) ->
     return [(r, r > check.threshold) for r in residuals]
 
 
-def predict_payload(loaded: LoadedModel, probs: list[list[float]], residuals: list[float] | None) -> dict[str, Any]:
-    """``PredictResponse`` for the ``(B, C)`` probabilities and input-check scores of one request."""
+def predict_payload(loaded: LoadedModel, scored: list[list[float]]) -> dict[str, Any]:
+    """``PredictResponse`` for one request's ``Engine.predict_scored`` rows (probabilities, then the check's score).
+
+    Takes the rows over: each loses its last value."""
     names = loaded.class_names
+    residuals = [row.pop() for row in scored]
+    probs = scored
     fields = _input_fields(loaded, residuals, len(probs))
     predictions = []
     for p, (residual, outlier) in zip(probs, fields, strict=True):

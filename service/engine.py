@@ -17,6 +17,7 @@ import torch
 from mcnet import ArtifactError, DropoutMLP, load_artifact
 from mcnet.inputcheck import InputCheck, load_input_check
 
+from .evalkernel import EvalKernel
 from .inference import MCResult, mc_predict, predict_eval
 from .memory import keep_freed_buffers
 from .settings import Settings
@@ -56,6 +57,7 @@ class LoadedModel:
     manifest: dict[str, Any]
     device: torch.device
     input_check: InputCheck | None = None  # None for artifacts exported before the check existed
+    kernel: EvalKernel | None = None  # the numpy eval pass on CPU; None on CUDA, where torch runs it
 
     @property
     def class_names(self) -> list[str]:
@@ -105,7 +107,8 @@ class Engine:
             if model.training:
                 raise ArtifactError(self.settings.model_dir, "loaded model is not in eval mode")
             check = load_input_check(self.settings.model_dir, manifest)  # on CPU, where requests decode pixels
-            loaded = LoadedModel(model=model, manifest=manifest, device=device, input_check=check)
+            kernel = EvalKernel(model, check) if device.type == "cpu" else None
+            loaded = LoadedModel(model=model, manifest=manifest, device=device, input_check=check, kernel=kernel)
             self._warm_up(loaded)
             log.info(
                 "model %s version %s loaded on %s and warmed up in %.2fs",
@@ -121,6 +124,8 @@ class Engine:
     def _warm_up(self, loaded: LoadedModel) -> None:
         x = torch.zeros(2, loaded.model.arch.input_dim, device=loaded.device)
         predict_eval(loaded.model, x)
+        if loaded.kernel is not None:
+            loaded.kernel(x.cpu().numpy())
         mc_predict(loaded.model, x, 4, self.generator(0, loaded.device), self.settings.mc_chunk_size)
         if loaded.device.type == "cuda":
             torch.cuda.synchronize(loaded.device)
@@ -135,22 +140,28 @@ class Engine:
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic probabilities on CPU, ``(B, C)``."""
-        loaded = self.loaded
-        return predict_eval(loaded.model, x.to(loaded.device)).cpu()
+        return self.predict_scored(x)[:, :-1]
 
     def predict_scored(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C + 1)`` on CPU: :meth:`predict`'s probabilities with the input check's score as the last column
-        (NaN when the artifact has no check). Dynamic batching calls it once per batch: scoring costs tens of
-        microseconds per call here, however few images the call has."""
-        probs = self.predict(x)
-        check = self.loaded.input_check
+        (NaN when the artifact has no check), from one pass: on CPU the numpy :class:`EvalKernel`, which computes
+        both in one GEMM; on CUDA the torch model, with the check scored on CPU."""
+        loaded = self.loaded
+        if loaded.kernel is not None:
+            return torch.from_numpy(loaded.kernel(x.numpy()))
+        probs = predict_eval(loaded.model, x.to(loaded.device)).cpu()
+        check = loaded.input_check
         score = torch.full((x.shape[0],), float("nan")) if check is None else check.score(x)
         return torch.cat([probs, score.to(probs.dtype)[:, None]], 1)
 
     def input_residuals(self, x: torch.Tensor) -> list[float] | None:
         """The input check's score per image of the CPU batch ``x``; None when the artifact has no check."""
-        check = self.loaded.input_check
-        return None if check is None else check.score(x).tolist()
+        loaded = self.loaded
+        if loaded.input_check is None:
+            return None
+        if loaded.kernel is not None:  # the same arithmetic as predict_scored's column
+            return loaded.kernel.scores(x.numpy()).tolist()
+        return loaded.input_check.score(x).tolist()
 
     def predict_mc(self, x: torch.Tensor, n_samples: int, seed: int) -> MCResult:
         """MC dropout summaries (on the model's device) with masks from a generator seeded with ``seed``."""

@@ -121,9 +121,7 @@ class FastPredictPath:
         start = time.perf_counter()
         rows = (await self.batcher.submit(x)).tolist()
         seconds = time.perf_counter() - start  # model time of the shared pass, plus time queued for it
-        residuals = [row.pop() for row in rows]  # predict_scored's last column: the input check's score
-        loaded = self.engine.loaded
-        payload = predict_payload(loaded, rows, None if loaded.input_check is None else residuals)
+        payload = predict_payload(self.engine.loaded, rows)
         self.metrics.record_predict(payload["predictions"], seconds)
         return payload
 

@@ -52,15 +52,14 @@ async def predict(body: PredictRequest, engine: EngineDep, metrics: MetricsDep) 
     """
     s = engine.settings
 
-    def work() -> tuple[list[list[float]], list[float] | None, float]:
+    def work() -> tuple[list[list[float]], float]:
         x = decode_batch(body.images, body.images_png, s.max_batch, s.max_png_bytes)
         start = time.perf_counter()
-        probs = engine.predict(x)
-        seconds = time.perf_counter() - start
-        return probs.tolist(), engine.input_residuals(x), seconds
+        rows = engine.predict_scored(x).tolist()
+        return rows, time.perf_counter() - start
 
-    probs, residuals, seconds = await engine.run(work)
-    payload = predict_payload(engine.loaded, probs, residuals)
+    rows, seconds = await engine.run(work)
+    payload = predict_payload(engine.loaded, rows)
     metrics.record_predict(payload["predictions"], seconds)
     return payload
 
