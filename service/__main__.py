@@ -2,14 +2,24 @@
 
 Everything that can be wrong with the configuration, the device or the artifact is
 found *before* the port is bound, and reported as one line on stderr with exit code 2.
+
+With ``MCSERVE_WORKERS`` > 1, uvicorn's supervisor starts that many worker processes on the
+one port; each loads the (already verified) artifact itself. Their Prometheus metrics go
+to files in one directory (prometheus-client's multiprocess mode), and ``/metrics`` on any
+worker reports the sum over all of them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -28,6 +38,16 @@ def _graceful_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def _metrics_dir(configured: Path | None) -> tuple[Path, bool]:
+    """The workers' shared metrics directory, emptied of an earlier run's files; ``(path, made_here)``."""
+    if configured is None:
+        return Path(tempfile.mkdtemp(prefix="mcserve-metrics-")), True
+    configured.mkdir(parents=True, exist_ok=True)
+    for stale in configured.glob("*.db"):
+        stale.unlink()
+    return configured, False
+
+
 def main() -> int:
     try:
         settings = Settings()
@@ -36,6 +56,8 @@ def main() -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if settings.torch_threads > 0:  # numpy's OpenBLAS reads this once, when numpy is first imported (just below)
+        os.environ["OPENBLAS_NUM_THREADS"] = str(settings.torch_threads)
     from mcnet import ArtifactError
 
     from .engine import DeviceError, Engine
@@ -50,19 +72,35 @@ def main() -> int:
 
     import uvicorn
 
-    from .app import create_app
+    def serve(app: Any, **extra: Any) -> None:
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=settings.access_log,
+            timeout_graceful_shutdown=settings.graceful_shutdown_s,
+            **extra,
+        )
 
-    app = create_app(settings, engine=engine)
     signal.signal(signal.SIGTERM, _graceful_exit)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        workers=1,
-        timeout_graceful_shutdown=settings.graceful_shutdown_s,
-    )
+    if settings.workers == 1:
+        from .app import create_app
+
+        serve(create_app(settings, engine=engine), workers=1)
+        return 0
+    engine.unload()  # verified; every worker loads its own copy
+    try:
+        metrics_dir, made_here = _metrics_dir(settings.metrics_dir)
+    except OSError as exc:
+        return _fail(f"MCSERVE_METRICS_DIR={settings.metrics_dir} cannot be used ({exc})")
+    # read by prometheus-client when a worker imports it, and by the worker's own Settings
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["MCSERVE_METRICS_DIR"] = str(metrics_dir)
+    try:
+        serve("service.app:create_worker_app", factory=True, workers=settings.workers)
+    finally:
+        if made_here:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

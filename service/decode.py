@@ -17,17 +17,15 @@ garment on a black background, so do not invert.
 
 from __future__ import annotations
 
-import array
 import base64
 import binascii
 import io
-import itertools
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
+import simdjson
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -141,38 +139,59 @@ def decode_batch(
     return torch.from_numpy(np.stack(arrays))
 
 
-def decode_number_lists(images: object, max_batch: int) -> torch.Tensor | None:
-    """The fast path's decoder: ``decode_batch`` for pixel lists known to hold only JSON numbers and lists.
+def decode_json_request(
+    body: bytes, fields: frozenset[str], max_batch: int
+) -> tuple[torch.Tensor, dict[str, int]] | None:
+    """The fast path's decoder: the raw body of a pixel-list request, straight to a tensor.
 
-    The caller guarantees the parsed JSON holds no strings, booleans or nulls (``service.fastpath`` checks
-    the raw body for them), so values need no per-element type check: C-level ``array`` conversion does
-    the rest. Returns exactly what ``decode_batch(images, None, ...)`` returns for a valid batch, and
-    None for anything else; ``decode_batch`` then produces the error that names the field.
+    Accepts exactly a JSON object with ``images`` (pixel lists, as ``decode_batch`` accepts them) and
+    optionally other keys from ``fields`` holding integers, and returns the ``(B, 28, 28)`` float32 tensor
+    ``decode_batch`` would return with those integers. simdjson parses the body and copies all pixel values
+    into one buffer in C, so no Python object is made per pixel (about 20 against 50 us for one image with
+    orjson and a list conversion). Anything else (duplicate or unknown keys, strings, booleans, nulls, a
+    wrong shape, a value out of range, a float where an integer belongs, invalid JSON) returns None, and
+    the FastAPI route then produces the one canonical answer or the error that names the field.
     """
-    if type(images) is not list or not 0 < len(images) <= max_batch:
+    try:
+        doc = simdjson.Parser().parse(body)  # a fresh parser: its document lives as long as this call
+    except (ValueError, RuntimeError, TypeError):
         return None
-    rows: list[list[object]] = []
+    if type(doc) is not simdjson.Object:
+        return None
+    keys = list(doc.keys())
+    # no strings but the keys themselves, no key twice (simdjson would serve the first, json.loads the last)
+    if "images" not in keys or not fields.issuperset(keys) or len(set(keys)) != len(keys):
+        return None
+    if body.count(b'"') != 2 * len(keys):
+        return None
+    ints: dict[str, int] = {}
+    for key in keys:
+        if key != "images":
+            value = doc[key]
+            if type(value) is not int:  # bool, float, None: the route decides
+                return None
+            ints[key] = value
+    images = doc["images"]
+    if type(images) is not simdjson.Array or not 0 < len(images) <= max_batch:
+        return None
+    arrays = 1  # every "[" in the body must be one of the arrays checked here: as_buffer flattens any nesting
     for image in images:
-        if type(image) is not list:
+        if type(image) is not simdjson.Array:
             return None
-        if len(image) == PIXELS:
-            rows.append(image)  # a nested list inside makes the array conversion below fail
-        elif len(image) == IMAGE_SIDE and all(type(r) is list and len(r) == IMAGE_SIDE for r in image):
-            rows.extend(image)
+        if len(image) == IMAGE_SIDE:
+            if not all(type(row) is simdjson.Array and len(row) == IMAGE_SIDE for row in image):
+                return None
+            arrays += 1 + IMAGE_SIDE
+        elif len(image) == PIXELS:
+            arrays += 1
         else:
             return None
-    values: list[Any] = list(itertools.chain.from_iterable(rows))
+    if body.count(b"[") != arrays:
+        return None
     try:
-        arr: np.ndarray = np.frombuffer(array.array("q", values), dtype=np.int64)
-    except TypeError:  # floats among the values (or a nested list, which fails again below)
-        try:
-            arr = np.frombuffer(array.array("d", values), dtype=np.float64)
-        except (TypeError, OverflowError):
-            return None
-        if not np.isfinite(arr).all():
-            return None
-    except OverflowError:  # an integer beyond 64 bits: out of range anyway
+        values = np.frombuffer(images.as_buffer(of_type="d"), dtype=np.float64)  # numbers only, or TypeError
+    except (TypeError, ValueError, RuntimeError):
         return None
-    if arr.min() < 0 or arr.max() > PIXEL_MAX:
+    if values.size != len(images) * PIXELS or not (values.min() >= 0.0 and values.max() <= PIXEL_MAX):
         return None
-    return torch.from_numpy(arr.astype(np.float32).reshape(len(images), IMAGE_SIDE, IMAGE_SIDE))
+    return torch.from_numpy(values.astype(np.float32).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)), ints

@@ -6,11 +6,10 @@ when batched, and an MC prediction of one image (T = 100) about 1 ms, while Fast
 dependency solving, pydantic validation of 784 numbers and response-model serialisation
 cost about 1.5 ms of CPU per request here. This ASGI middleware answers the common case itself:
 
-* ``Content-Type: application/json`` and a body that orjson parses into exactly
-  ``{"images": [...]}`` (``/predict``), or ``images`` plus optional integer ``n_samples`` and
-  ``seed`` within their limits (``/predict/uncertainty``), holding only numbers and lists,
-  with images that ``service.decode.decode_number_lists`` accepts (the same images
-  ``decode_batch`` accepts);
+* ``Content-Type: application/json`` and a body of exactly ``{"images": [...]}`` (``/predict``),
+  or ``images`` plus optional integer ``n_samples`` and ``seed`` within their limits
+  (``/predict/uncertainty``), holding only numbers and lists, with images that ``decode_batch``
+  accepts: ``service.decode.decode_json_request`` checks all that while it decodes;
 * ``/predict`` images go to the :class:`~service.batching.MicroBatcher`, so concurrent
   requests share one forward pass; MC requests run in the engine's worker threads under the
   same concurrency limit as the route;
@@ -22,21 +21,25 @@ the model not ready yet) is handed, with its body replayed untouched, to the Fas
 application, which produces the one canonical response or error. So the fast path changes
 speed, not the API: the tests send the same requests both ways and compare the payloads.
 
-It sits inside the body-size limit and the metrics middleware, which therefore count and
-time fast-path requests like any other.
+It is the application's outermost layer (``service.app.McServe``): the requests it answers
+never reach FastAPI's per-request telemetry check or Starlette's middleware stack, so it
+records their HTTP metrics itself (the same series ``MetricsMiddleware`` records), reads
+bodies of at most ``FAST_PATH_MAX_BODY_BYTES`` itself, and delegates cross-origin requests
+when CORS is configured.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import orjson
 import torch
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .batching import BatchStats, MicroBatcher
-from .decode import decode_number_lists
+from .decode import decode_json_request
 from .encode import predict_payload, run_uncertainty
 from .engine import Engine
 from .limits import replay_body
@@ -48,19 +51,19 @@ _JSON = b"application/json"
 FAST_PATH_MAX_BODY_BYTES = 64 * 1024
 _HEADERS = [(b"content-type", b"application/json")]
 _PREDICT, _UNCERTAINTY = "/predict", "/predict/uncertainty"
-_MC_KEYS = frozenset({"images", "n_samples", "seed"})
+_PATHS = frozenset({_PREDICT, _UNCERTAINTY})
+log = logging.getLogger("service")
+_PREDICT_KEYS, _MC_KEYS = frozenset({"images"}), frozenset({"images", "n_samples", "seed"})
 _SEED_LIMIT = 2**63  # UncertaintyRequest.seed: 0 <= seed < 2**63
 
 
-def _is_plain_json(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            return value.split(b";", 1)[0].strip().lower() == _JSON
-    return False
-
-
 class FastPredictPath:
-    """ASGI middleware: serves valid pixel-list requests to both predict endpoints, delegates everything else."""
+    """ASGI front: serves valid pixel-list requests to both predict endpoints, delegates everything else to ``app``.
+
+    It is the outermost layer (``create_app`` puts it in front of FastAPI's own ``__call__``), so the requests it
+    answers skip FastAPI's per-request telemetry check and Starlette's middleware stack; it therefore records their
+    HTTP metrics itself, as ``MetricsMiddleware`` does for everything else, and enforces its own small body limit.
+    """
 
     def __init__(self, app: ASGIApp, engine: Engine, metrics: Metrics) -> None:
         self.app = app
@@ -69,6 +72,7 @@ class FastPredictPath:
         settings = engine.settings
         self.settings = settings
         self.max_batch = settings.max_batch
+        self.cors = bool(settings.cors_origins)  # cross-origin requests need CORSMiddleware's headers: delegate them
         self.batcher = MicroBatcher(
             self._forward,
             max_images=settings.batch_max_images,
@@ -82,27 +86,37 @@ class FastPredictPath:
     def _on_batch(self, stats: BatchStats) -> None:
         self.metrics.record_batch(stats.requests, stats.images)
 
+    def _wants(self, scope: Scope) -> bool:
+        """A JSON POST to a predict endpoint, small enough to read here, that no other layer needs to see."""
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in _PATHS or not self.engine.ready:
+            return False
+        json_body = False
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                json_body = value.split(b";", 1)[0].strip().lower() == _JSON
+            elif name == b"content-length":
+                if not value.isdigit() or int(value) > FAST_PATH_MAX_BODY_BYTES:
+                    return False
+            elif name == b"origin" and self.cors:
+                return False
+        return json_body
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] not in (_PREDICT, _UNCERTAINTY)
-            or scope["method"] != "POST"
-            or not self.engine.ready
-            or not _is_plain_json(scope)
-        ):
+        if not self._wants(scope):
             await self.app(scope, receive, send)
             return
-        body, complete = await _read_body(receive)
-        if not complete:  # the client disconnected mid-body: nobody to answer
-            return
-        doc = _parse(body)
-        if scope["path"] == _PREDICT:
-            x = self._images(doc) if doc is not None and doc.keys() == {"images"} else None
-            payload = None if x is None else await self._predict(x)
-        else:
-            payload = None if doc is None else await self._uncertainty(doc)
-        if payload is None:
-            await self.app(scope, replay_body(body, receive), send)
+        start = time.perf_counter()
+        metrics = self.metrics
+        metrics.in_flight.inc()
+        try:
+            body, more = await _read_body(receive)
+            if body is None:  # the client disconnected mid-body: nobody to answer
+                return
+            payload = None if more else await self._answer(scope["path"], body)
+        finally:
+            metrics.in_flight.dec()
+        if payload is None:  # anything this layer does not answer gets the full application, body replayed
+            await self.app(scope, _replay(body, more, receive), send)
             return
         data = orjson.dumps(payload)
         await send(
@@ -113,9 +127,21 @@ class FastPredictPath:
             }
         )
         await send({"type": "http.response.body", "body": data})
+        metrics.record_http(scope["path"], "POST", "200", time.perf_counter() - start)
 
-    def _images(self, doc: dict[str, Any]) -> torch.Tensor | None:
-        return decode_number_lists(doc["images"], self.max_batch)
+    async def _answer(self, path: str, body: bytes) -> dict[str, Any] | None:
+        """The payload for a request this layer serves, or None to hand it to the application."""
+        if len(body) > FAST_PATH_MAX_BODY_BYTES:
+            return None
+        decoded = decode_json_request(body, _MC_KEYS if path == _UNCERTAINTY else _PREDICT_KEYS, self.max_batch)
+        if decoded is None:
+            return None
+        x, fields = decoded
+        try:
+            return await (self._predict(x) if path == _PREDICT else self._uncertainty(x, fields))
+        except Exception:  # e.g. a failed forward pass: the application answers it (and logs and counts it)
+            log.exception("fast path failed; handing the request to the application")
+            return None
 
     async def _predict(self, x: torch.Tensor) -> dict[str, Any]:
         start = time.perf_counter()
@@ -125,16 +151,13 @@ class FastPredictPath:
         self.metrics.record_predict(payload["predictions"], seconds)
         return payload
 
-    async def _uncertainty(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+    async def _uncertainty(self, x: torch.Tensor, fields: dict[str, int]) -> dict[str, Any] | None:
         """The route's ``predict_uncertainty`` for a request with nothing to reject; None otherwise."""
         s = self.settings
-        n, seed = doc.get("n_samples", s.default_samples), doc.get("seed")
-        if not doc.keys() <= _MC_KEYS or "images" not in doc or type(n) is not int or not 1 <= n <= s.max_samples:
+        n, seed = fields.get("n_samples", s.default_samples), fields.get("seed")
+        if not 1 <= n <= s.max_samples or n * len(x) > s.max_work:
             return None
-        if seed is not None and (type(seed) is not int or not 0 <= seed < _SEED_LIMIT):
-            return None
-        x = self._images(doc)
-        if x is None or n * len(x) > s.max_work:
+        if seed is not None and not 0 <= seed < _SEED_LIMIT:
             return None
         seed = self.engine.fresh_seed() if seed is None else seed
         payload, seconds = await self.engine.run(run_uncertainty, self.engine, x, n, seed)
@@ -142,25 +165,34 @@ class FastPredictPath:
         return payload
 
 
-def _parse(body: bytes) -> dict[str, Any] | None:
-    """The body as a JSON object whose only strings are its keys and that holds no true/false/null."""
-    if len(body) > FAST_PATH_MAX_BODY_BYTES or b"true" in body or b"false" in body or b"null" in body:
-        return None
-    try:
-        doc: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if type(doc) is not dict or body.count(b'"') != 2 * len(doc):
-        return None
-    return doc
-
-
-async def _read_body(receive: Receive) -> tuple[bytes, bool]:
+async def _read_body(receive: Receive) -> tuple[bytes | None, bool]:
+    """``(body, more)``: the body, or its first ``FAST_PATH_MAX_BODY_BYTES``-odd bytes with ``more`` set when a
+    chunked body runs past that; ``(None, False)`` when the client disconnected."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return b"", False
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks), True
+            return None, False
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        more = bool(message.get("more_body", False))
+        if not more or size > FAST_PATH_MAX_BODY_BYTES:
+            return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), more
+
+
+def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
+    """A ``receive`` that hands the application what this layer already read, then the rest of the body."""
+    if not more:
+        return replay_body(body, receive)
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": True}
+        return await receive()
+
+    return replay

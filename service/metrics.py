@@ -1,17 +1,22 @@
 """Prometheus metrics on a caller-owned registry, and the ASGI middleware that records HTTP ones.
 
-Run one uvicorn worker per process/container (``MCSERVE_WORKERS`` only accepts 1):
-every metric lives in this process, so the scrape is complete and correct; scale
-with replicas and let Prometheus aggregate.
+With one worker (the default) every metric lives in this process's registry. With
+``MCSERVE_WORKERS`` > 1, ``python -m service`` switches prometheus-client to its
+multiprocess mode before the workers import it: every value is kept in a per-process
+file under ``multiprocess_dir`` and :meth:`Metrics.exposition` sums the files, so a scrape
+that reaches any worker sees the whole server. Gauges say how they combine (in flight:
+the sum over live workers; ready: the minimum, so 1 only when every live worker is ready).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,8 +31,9 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 class Metrics:
     """All of the service's metrics, registered on ``registry`` (never the global default)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, multiprocess_dir: Path | None = None) -> None:
         self.registry = registry
+        self.multiprocess_dir = multiprocess_dir
         self.requests = Counter(
             "mcserve_http_requests", "HTTP requests by route template, method and status code",
             ["route", "method", "status"], registry=registry,
@@ -36,7 +42,10 @@ class Metrics:
             "mcserve_http_request_duration_seconds", "HTTP request latency by route template",
             ["route"], buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
-        self.in_flight = Gauge("mcserve_http_requests_in_flight", "HTTP requests being served", registry=registry)
+        self.in_flight = Gauge(
+            "mcserve_http_requests_in_flight", "HTTP requests being served", registry=registry,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.inference_latency = Histogram(
             "mcserve_inference_duration_seconds", "Model time (decode excluded) per request by endpoint",
             ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry,
@@ -74,7 +83,7 @@ class Metrics:
             self.input_outliers.labels(endpoint)
         self.model_info = Gauge(
             "mcserve_model_info", "Loaded model (value 1) with its identity as labels",
-            ["name", "version", "sha256", "device"], registry=registry,
+            ["name", "version", "sha256", "device"], registry=registry, multiprocess_mode="livemax",
         )  # fmt: skip
         self.coalesced_requests = Histogram(
             "mcserve_batch_coalesced_requests", "Requests served by one /predict forward pass (dynamic batching)",
@@ -84,7 +93,10 @@ class Metrics:
             "mcserve_batch_coalesced_images", "Images in one /predict forward pass (dynamic batching)",
             buckets=BATCH_BUCKETS, registry=registry,
         )  # fmt: skip
-        self.ready = Gauge("mcserve_model_ready", "1 when the model is loaded and warmed up", registry=registry)
+        self.ready = Gauge(
+            "mcserve_model_ready", "1 when the model is loaded and warmed up", registry=registry,
+            multiprocess_mode="livemin",
+        )  # fmt: skip
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def child(self, metric: Any, *values: str) -> Any:
@@ -97,10 +109,29 @@ class Metrics:
             found = self._children[key] = metric.labels(*values)
         return found
 
+    def exposition(self) -> bytes:
+        """The text format of every metric: this process's, or with several workers the sum over all of them."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=str(self.multiprocess_dir))
+        return generate_latest(merged)
+
+    def process_exiting(self) -> None:
+        """A worker shutting down drops out of the live gauges (a crashed one stays until the server restarts)."""
+        if self.multiprocess_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), path=str(self.multiprocess_dir))
+
     def set_model(self, name: str, version: str, sha256: str, device: str) -> None:
-        self.model_info.clear()
+        if self.multiprocess_dir is None:  # a worker loads one model for its life; clear() is single-process only
+            self.model_info.clear()
         self.model_info.labels(name=name, version=version, sha256=sha256, device=device).set(1)
         self.ready.set(1)
+
+    def record_http(self, route: str, method: str, status: str, seconds: float) -> None:
+        """One answered HTTP request: its latency by route template and its count by route, method and status."""
+        self.child(self.request_latency, route).observe(seconds)
+        self.child(self.requests, route, method, status).inc()
 
     def record_predictions(self, endpoint: str, predictions: Sequence[Mapping[str, Any]]) -> None:
         self.child(self.batch_size, endpoint).observe(len(predictions))
@@ -184,6 +215,5 @@ class MetricsMiddleware:
             if matched is not None and isinstance(getattr(matched, "path", None), str):
                 route = matched.path
             self.metrics.in_flight.dec()
-            self.metrics.child(self.metrics.request_latency, route).observe(time.perf_counter() - start)
             method = scope["method"] if scope["method"] in METHODS else "OTHER"
-            self.metrics.child(self.metrics.requests, route, method, str(status)).inc()
+            self.metrics.record_http(route, method, str(status), time.perf_counter() - start)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .decode import decode_batch
 from .encode import predict_payload, run_uncertainty
@@ -170,7 +170,7 @@ async def info(engine: EngineDep) -> JSONResponse:
     "/metrics",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": "mcserve_http_requests_total{...} 3.0"}}}},
-    summary="Prometheus metrics of this process",
+    summary="Prometheus metrics of the server (all workers)",
 )
 async def prometheus_metrics(metrics: MetricsDep) -> Response:
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -21,7 +21,15 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N; auto picks CUDA when available")
     host: str = Field(default="127.0.0.1", description="bind address (use 0.0.0.0 in a container)")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port")
-    workers: Literal[1] = Field(default=1, description="uvicorn workers: only 1 (scale with replicas)")
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="server processes sharing the port; more than 1 aggregates metrics through metrics_dir",
+    )  # fmt: skip
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="with workers > 1: directory for the workers' shared Prometheus files, emptied at startup "
+        "(default: a fresh temporary directory)",
+    )
     default_samples: int = Field(default=100, ge=1, description="MC passes when a request gives no n_samples")
     max_samples: int = Field(default=1000, ge=1, description="largest n_samples a request may ask for")
     max_batch: int = Field(default=256, ge=1, description="most images in one request")
@@ -45,7 +53,9 @@ class Settings(BaseSettings):
         default=True,
         description="glibc mallopt: reuse freed multi-megabyte buffers instead of mmap/munmap per call (process-wide)",
     )
-    torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
+    torch_threads: int = Field(
+        default=0, ge=0, description="intra-op threads of torch and numpy's BLAS, per worker; 0 keeps their defaults"
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info", description="log level")
     access_log: bool = Field(default=False, description="uvicorn's per-request access log (independent of log_level)")
     graceful_shutdown_s: int = Field(

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import zlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import torch
 from PIL import Image
 
-from service.decode import decode_batch, decode_number_lists, image_from_list, image_from_png
+from service.decode import decode_batch, decode_json_request, image_from_list, image_from_png
 from service.errors import DecodeError, InputError
 
 LIMIT = 64 * 1024
@@ -191,13 +193,22 @@ def _valid_batches() -> list[list[object]]:
     return [[ints], [nested], [floats], [ints, nested, floats], [[0] * 784, [255.0] * 784], [[-0.0] * 784]]
 
 
+PREDICT, MC = frozenset({"images"}), frozenset({"images", "n_samples", "seed"})
+
+
+def _json(doc: object) -> bytes:
+    return json.dumps(doc).encode()  # Python's json: NaN and Infinity come out as (invalid) bare words
+
+
 @pytest.mark.parametrize("batch", _valid_batches(), ids=["ints", "nested", "floats", "mixed", "ends", "negzero"])
-def test_number_list_decoder_returns_exactly_what_decode_batch_returns(batch: list[object]) -> None:
-    fast = decode_number_lists(batch, max_batch=8)
-    assert fast is not None
-    reference = decode_batch(batch, None, 8, 1024)
-    assert fast.dtype == reference.dtype == torch.float32
-    assert torch.equal(fast, reference)
+def test_json_decoder_returns_exactly_what_decode_batch_returns(batch: list[object]) -> None:
+    for body in (_json({"images": batch}), orjson.dumps({"images": batch})):  # with and without spaces
+        decoded = decode_json_request(body, PREDICT, max_batch=8)
+        assert decoded is not None
+        fast, fields = decoded
+        reference = decode_batch(batch, None, 8, 1024)
+        assert fast.dtype == reference.dtype == torch.float32
+        assert torch.equal(fast, reference) and fields == {}
 
 
 def _invalid_batches() -> dict[str, object]:
@@ -212,6 +223,8 @@ def _invalid_batches() -> dict[str, object]:
         "27 rows": [[[1] * 28] * 27],
         "short row": [[[1] * 28] * 27 + [[1] * 27]],
         "list among pixels": [[[1]] + [1] * 783],
+        "lists that flatten to 784 values": [[[], [1, 1]] + [1] * 782],
+        "flat 28 values": [[1] * 28],
         "256": [[256] + [1] * 783],
         "-1": [[-1] + [1] * 783],
         "255.5": [[255.5] + [1] * 783],
@@ -219,12 +232,40 @@ def _invalid_batches() -> dict[str, object]:
         "inf": [[float("inf")] + [1] * 783],
         "2**64": [[2**64] + [1] * 783],
         "-(2**70)": [[-(2**70)] + [1] * 783],
+        "bool": [[True] + [1] * 783],
+        "null": [[None] + [1] * 783],
+        "string": [["1"] + [1] * 783],
     }
 
 
 @pytest.mark.parametrize("name", list(_invalid_batches()))
-def test_number_list_decoder_declines_what_decode_batch_refuses(name: str) -> None:
+def test_json_decoder_declines_what_decode_batch_refuses(name: str) -> None:
     batch = _invalid_batches()[name]
-    assert decode_number_lists(batch, max_batch=8) is None
+    assert decode_json_request(_json({"images": batch}), PREDICT, max_batch=8) is None
     with pytest.raises(InputError):
         decode_batch(batch, None, 8, 1024)  # type: ignore[arg-type]
+
+
+def test_json_decoder_reads_integer_fields_and_declines_everything_else() -> None:
+    image = [3] * 784
+    decoded = decode_json_request(_json({"images": [image], "n_samples": 7, "seed": 2**63 - 1}), MC, 8)
+    assert decoded is not None and decoded[1] == {"n_samples": 7, "seed": 2**63 - 1}
+    body = _json({"images": [image]})
+    for bad, fields in (
+        (body[:-1], MC),  # truncated
+        (body + b" x", MC),  # trailing garbage
+        (b"[" + body + b"]", MC),  # not an object
+        (b'{"images": [[1]], "images": ' + body[11:], MC),  # a key twice: json.loads keeps the last one
+        (_json({"images": [image], "n_samples": 7}), PREDICT),  # not a field of /predict
+        (_json({"images": [image], "n_samples": 7.0}), MC),
+        (_json({"images": [image], "n_samples": True}), MC),
+        (_json({"images": [image], "seed": None}), MC),
+        (_json({"images": [image], "seed": "3"}), MC),
+        (_json({"images": [image], "seed": 2**64}), MC),
+        (_json({"images": [image], "extra": 1}), MC),
+        (_json({"n_samples": 3}), MC),
+        (_json({"images": "AAAA"}), MC),
+        (b"", MC),
+        (b"\xff\xfe", MC),
+    ):
+        assert decode_json_request(bad, fields, 8) is None, bad[:80]

@@ -39,7 +39,7 @@ def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch, tm
     [
         ({"MCSERVE_DEVICE": "tpu"}, "MCSERVE_DEVICE"),
         ({"MCSERVE_PORT": "0"}, "MCSERVE_PORT"),
-        ({"MCSERVE_WORKERS": "2"}, "MCSERVE_WORKERS"),
+        ({"MCSERVE_WORKERS": "0"}, "MCSERVE_WORKERS"),
         ({"MCSERVE_DEFAULT_SAMPLES": "50", "MCSERVE_MAX_SAMPLES": "10"}, "default_samples"),
     ],
 )
