@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -71,6 +72,73 @@ def test_real_server_end_to_end(trained_artifact: Path, test_images: tuple[np.nd
     assert proc.returncode == 0, stderr.decode()
 
 
+def _wait_ready(http: httpx.Client, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        try:
+            if http.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server never became ready"
+        time.sleep(0.2)
+
+
+def _sample(metrics: str, line_start: str) -> float:
+    values = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(line_start)]
+    assert len(values) == 1, (line_start, values)
+    return values[0]
+
+
+def test_several_workers_share_the_port_and_every_scrape_counts_all_of_them(
+    trained_artifact: Path, test_images: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """MCSERVE_WORKERS=2: requests on fresh connections spread over both processes; each scrape sums both."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_1.db").write_bytes(b"stale")  # an earlier run's file: emptied at startup
+    port = PORT + 5
+    env = service_env(
+        model_dir=str(trained_artifact), device="cpu", port=str(port), log_level="warning",
+        workers="2", metrics_dir=str(metrics_dir), torch_threads="1",
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    base = f"http://127.0.0.1:{port}"
+    n, image = 120, test_images[0][0].tolist()
+    try:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            _wait_ready(http, proc)
+
+        def post(_: int) -> int:  # a new connection per request, so the kernel hands them to both workers
+            with httpx.Client(base_url=base, timeout=30) as one:
+                return one.post("/predict", json={"images": [image]}).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(post, range(n))) == {200}
+        pids = {p.name.split("_")[-1] for p in metrics_dir.glob("counter_*.db")}
+        assert len(pids) == 2 and "1.db" not in pids, sorted(p.name for p in metrics_dir.iterdir())  # both served
+        for _ in range(4):  # whichever worker answers the scrape, it reports the sum over both
+            with httpx.Client(base_url=base, timeout=30) as one:
+                text = one.get("/metrics").text
+            assert _sample(text, 'mcserve_http_requests_total{method="POST",route="/predict",status="200"}') == n
+            assert _sample(text, 'mcserve_batch_size_images_count{endpoint="predict"}') == n
+            assert _sample(text, "mcserve_model_ready ") == 1.0
+            assert _sample(text, "mcserve_http_requests_in_flight ") == 1.0  # the scrape itself
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, stderr.decode()
+    assert "Traceback" not in stderr.decode()
+    assert not list(metrics_dir.glob("gauge_live*")), "exiting workers leave the live gauges"
+
+
 @pytest.fixture(scope="module")
 def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("startup") / "good"
@@ -116,7 +184,7 @@ def test_startup_failures_exit_non_zero_with_a_message(artifact_dir: Path, tmp_p
         "CUDA device",
     )
     cases["bad setting"] = (service_env(model_dir=str(artifact_dir), port="eighty"), "MCSERVE_PORT")
-    cases["two workers"] = (service_env(model_dir=str(artifact_dir), workers="4"), "MCSERVE_WORKERS")
+    cases["zero workers"] = (service_env(model_dir=str(artifact_dir), workers="0"), "MCSERVE_WORKERS")
     procs = {
         name: subprocess.Popen(
             [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
