@@ -4,6 +4,11 @@ The issue's rule: keep dynamic batching only if it raises ``/predict`` throughpu
 hurting p99 at c = 1. The two servers (the same service; one with ``MCSERVE_BATCH_MAX_IMAGES=1``)
 run side by side and wrk alternates between them, round after round, so slow drifts of the machine
 hit both equally; the medians over rounds are compared.
+
+A third server takes its turn in the same rounds: the bare uvicorn endpoint of ``bench http``
+(reads the body, returns a constant). ``bench http`` runs its servers one after the other, and
+on a VM whose speed drifts by tens of percent within minutes its mcserve ÷ bare uvicorn ratio
+drifts with it; the interleaved ratio here does not.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from bench import artifact, procs
 from bench.http import LOG_DIR, ROOT
 from bench.loadgen import run_wrk
 
-VARIANTS = {"on": {}, "off": {"MCSERVE_BATCH_MAX_IMAGES": "1"}}
+VARIANTS: dict[str, dict[str, str] | None] = {"on": {}, "off": {"MCSERVE_BATCH_MAX_IMAGES": "1"}, "bare": None}
 CONCURRENCY = (1, 16, 64)
 
 
@@ -43,9 +48,12 @@ def run(quick: bool, model_dir: Path | None, server_threads: int) -> dict[str, A
                 "MCSERVE_PORT": str(port),
                 "MCSERVE_LOG_LEVEL": "warning",
                 "MCSERVE_TORCH_THREADS": str(server_threads),
-                **extra,
+                **(extra or {}),
             }
             cmd = [sys.executable, "-m", "service"]
+            if extra is None:  # the framework limit: bench http's bare uvicorn endpoint
+                cmd = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port)]
+                cmd += ["--log-level", "warning", "--no-access-log", "bench.peers.bare:app"]
             ready = f"http://127.0.0.1:{port}/readyz"
             stack.enter_context(procs.serve(f"batching_{name}", cmd, ready, env, LOG_DIR))
             urls[name] = f"http://127.0.0.1:{port}/predict"
@@ -64,10 +72,13 @@ def run(quick: bool, model_dir: Path | None, server_threads: int) -> dict[str, A
     for c in CONCURRENCY:
         out[f"batching_rps_gain_c{c}"] = out[f"batching_on_rps_c{c}"] / out[f"batching_off_rps_c{c}"]
         out[f"batching_p99_ratio_c{c}"] = out[f"batching_on_p99_ms_c{c}"] / out[f"batching_off_p99_ms_c{c}"]
+        out[f"interleaved_predict_over_bare_uvicorn_c{c}"] = (
+            out[f"batching_on_rps_c{c}"] / out[f"batching_bare_rps_c{c}"]
+        )
     out["conditions"] = {
         "rounds": rounds,
         "duration_s_per_run": duration_s,
-        "order": "per round: c=1,16,64, each variant in turn (on, off)",
+        "order": "per round: c=1,16,64, each server in turn (batching on, batching off, bare uvicorn)",
         "statistic": "median over rounds of req/s and of wrk's p99",
         "model": model_note,
         "server_torch_threads": server_threads,

@@ -91,6 +91,12 @@ def headline(sec: dict[str, dict[str, Any]]) -> str:
         ("`/predict` req/s ÷ TorchServe, c=64", rel("predict_rps_c64", "torchserve_predict_rps_c64"), ">=", 2.0),
         ("`/predict` req/s ÷ bare uvicorn, c=64", rel("predict_rps_c64", "bare_uvicorn_rps_c64"), ">=", 0.6),
         (
+            "`/predict` req/s ÷ bare uvicorn, c=64, interleaved rounds (context)",
+            b.get("interleaved_predict_over_bare_uvicorn_c64"),
+            "",
+            0,
+        ),
+        (
             "`/predict` req/s ÷ bare FastAPI route, c=64 (context)",
             rel("predict_rps_c64", "bare_fastapi_rps_c64"),
             "",
@@ -187,14 +193,17 @@ def http_table(h: dict[str, Any]) -> str:
 def batching_table(b: dict[str, Any]) -> str:
     if not b:
         return "_batching A/B not run_"
-    head = "| c | req/s on | req/s off | on ÷ off | p99 ms on | p99 ms off | errors on/off |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    head = "| c | req/s on | req/s off | on ÷ off | p99 ms on | p99 ms off | errors on/off | bare uvicorn req/s "
+    head += "| on ÷ bare |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for c in (1, 16, 64):
         on, off = b.get(f"batching_on_rps_c{c}"), b.get(f"batching_off_rps_c{c}")
         lines.append(
             f"| {c} | {fmt(on, 0)} | {fmt(off, 0)} | {fmt(b.get(f'batching_rps_gain_c{c}'), 2)} | "
             f"{fmt(b.get(f'batching_on_p99_ms_c{c}'), 2)} | {fmt(b.get(f'batching_off_p99_ms_c{c}'), 2)} | "
-            f"{fmt(b.get(f'batching_on_errors_c{c}'))}/{fmt(b.get(f'batching_off_errors_c{c}'))} |"
+            f"{fmt(b.get(f'batching_on_errors_c{c}'))}/{fmt(b.get(f'batching_off_errors_c{c}'))} | "
+            f"{fmt(b.get(f'batching_bare_rps_c{c}'), 0)} | "
+            f"{fmt(b.get(f'interleaved_predict_over_bare_uvicorn_c{c}'), 2)} |"
         )
     return "\n".join(lines)
 
