@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, TypeVar
 
 import anyio
@@ -59,15 +59,15 @@ class LoadedModel:
     input_check: InputCheck | None = None  # None for artifacts exported before the check existed
     kernel: EvalKernel | None = None  # the numpy eval pass on CPU; None on CUDA, where torch runs it
 
-    @property
+    @cached_property  # read on every request; the manifest never changes
     def class_names(self) -> list[str]:
         return [str(c) for c in self.manifest["class_names"]]
 
-    @property
+    @cached_property  # read on every request; the manifest never changes
     def threshold(self) -> float:
         return float(self.manifest["uncertainty"]["threshold"])
 
-    @property
+    @cached_property  # read on every request; the manifest never changes
     def ref(self) -> dict[str, str]:
         m = self.manifest
         return {"name": str(m["name"]), "version": str(m["version"]), "sha256": str(m["weights"]["sha256"])}
