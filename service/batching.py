@@ -13,7 +13,7 @@ about 0.1 ms for one image and about 3 ms for 256, less than a hop to a worker
 thread costs at low load, and it is bounded by ``max_images``.
 
 Nothing here knows about HTTP or about the model: ``forward`` maps a ``(N, ...)``
-tensor to ``(N, ...)`` rows.
+array to ``(N, ...)`` rows.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        forward: Callable[[torch.Tensor], torch.Tensor],
+        forward: Callable[[np.ndarray], np.ndarray],
         max_images: int,
         max_wait_s: float = 0.0,
         on_batch: Callable[[BatchStats], None] | None = None,
@@ -54,7 +54,7 @@ class MicroBatcher:
         self.max_images = max_images
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch
-        self._queue: deque[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]] = deque()
+        self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
         self._queued_images = 0
         self._timer: asyncio.Handle | None = None
 
@@ -62,10 +62,10 @@ class MicroBatcher:
     def queued_requests(self) -> int:
         return len(self._queue)
 
-    async def submit(self, x: torch.Tensor) -> torch.Tensor:
+    async def submit(self, x: np.ndarray) -> np.ndarray:
         """The ``forward`` rows for ``x``, computed together with whatever else is queued."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[torch.Tensor] = loop.create_future()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
         self._queue.append((x, future))
         self._queued_images += int(x.shape[0])
         if self._queued_images >= self.max_images:
@@ -77,9 +77,9 @@ class MicroBatcher:
                 self._timer = loop.call_soon(self._flush)
         return await future
 
-    def _take(self) -> list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]]:
+    def _take(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]:
         """Queued requests in arrival order up to ``max_images`` (at least one); cancelled ones are dropped."""
-        batch: list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]] = []
+        batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
         images = 0
         while self._queue:
             x, future = self._queue[0]
@@ -111,11 +111,11 @@ class MicroBatcher:
             else:
                 self._timer = loop.call_soon(self._flush)
 
-    def _run(self, batch: list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]]) -> None:
+    def _run(self, batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:
         start = time.perf_counter()
         try:
             xs = [x for x, _ in batch]
-            out = self.forward(xs[0] if len(xs) == 1 else torch.cat(xs))
+            out = self.forward(xs[0] if len(xs) == 1 else np.concatenate(xs))
         except Exception as exc:  # every waiting request gets the failure, the loop keeps running
             for _, future in batch:
                 if not future.done():

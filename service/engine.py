@@ -12,6 +12,7 @@ from functools import cached_property, partial
 from typing import Any, TypeVar
 
 import anyio
+import numpy as np
 import torch
 
 from mcnet import ArtifactError, DropoutMLP, load_artifact
@@ -140,19 +141,21 @@ class Engine:
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic probabilities on CPU, ``(B, C)``."""
-        return self.predict_scored(x)[:, :-1]
+        return torch.from_numpy(self.predict_scored(x.numpy())[:, :-1])
 
-    def predict_scored(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C + 1)`` on CPU: :meth:`predict`'s probabilities with the input check's score as the last column
-        (NaN when the artifact has no check), from one pass: on CPU the numpy :class:`EvalKernel`, which computes
-        both in one GEMM; on CUDA the torch model, with the check scored on CPU."""
+    def predict_scored(self, x: np.ndarray) -> np.ndarray:
+        """``(B, C + 1)`` float32 for CPU pixels ``(B, 28, 28)``: :meth:`predict`'s probabilities with the input
+        check's score as the last column (NaN when the artifact has no check), from one pass: on CPU the numpy
+        :class:`EvalKernel`, which computes both in one call; on CUDA the torch model, the check scored on CPU.
+        numpy in and out: the fast path and the micro-batcher never make a torch tensor on CPU."""
         loaded = self.loaded
         if loaded.kernel is not None:
-            return torch.from_numpy(loaded.kernel(x.numpy()))
-        probs = predict_eval(loaded.model, x.to(loaded.device)).cpu()
+            return loaded.kernel(x)
+        t = torch.from_numpy(x)
+        probs = predict_eval(loaded.model, t.to(loaded.device)).cpu()
         check = loaded.input_check
-        score = torch.full((x.shape[0],), float("nan")) if check is None else check.score(x)
-        return torch.cat([probs, score.to(probs.dtype)[:, None]], 1)
+        score = torch.full((t.shape[0],), float("nan")) if check is None else check.score(t)
+        return torch.cat([probs, score.to(probs.dtype)[:, None]], 1).numpy()
 
     def input_residuals(self, x: torch.Tensor) -> list[float] | None:
         """The input check's score per image of the CPU batch ``x``; None when the artifact has no check."""

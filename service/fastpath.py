@@ -34,6 +34,7 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import orjson
 import torch
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -80,7 +81,7 @@ class FastPredictPath:
             on_batch=self._on_batch,
         )
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: np.ndarray) -> np.ndarray:
         return self.engine.predict_scored(x)
 
     def _on_batch(self, stats: BatchStats) -> None:
@@ -143,7 +144,7 @@ class FastPredictPath:
             log.exception("fast path failed; handing the request to the application")
             return None
 
-    async def _predict(self, x: torch.Tensor) -> dict[str, Any]:
+    async def _predict(self, x: np.ndarray) -> dict[str, Any]:
         start = time.perf_counter()
         rows = (await self.batcher.submit(x)).tolist()
         seconds = time.perf_counter() - start  # model time of the shared pass, plus time queued for it
@@ -151,7 +152,7 @@ class FastPredictPath:
         self.metrics.record_predict(payload["predictions"], seconds)
         return payload
 
-    async def _uncertainty(self, x: torch.Tensor, fields: dict[str, int]) -> dict[str, Any] | None:
+    async def _uncertainty(self, x: np.ndarray, fields: dict[str, int]) -> dict[str, Any] | None:
         """The route's ``predict_uncertainty`` for a request with nothing to reject; None otherwise."""
         s = self.settings
         n, seed = fields.get("n_samples", s.default_samples), fields.get("seed")
@@ -160,7 +161,7 @@ class FastPredictPath:
         if seed is not None and not 0 <= seed < _SEED_LIMIT:
             return None
         seed = self.engine.fresh_seed() if seed is None else seed
-        payload, seconds = await self.engine.run(run_uncertainty, self.engine, x, n, seed)
+        payload, seconds = await self.engine.run(run_uncertainty, self.engine, torch.from_numpy(x), n, seed)
         self.metrics.record_uncertainty(payload["predictions"], n, seconds)
         return payload
 

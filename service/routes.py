@@ -55,7 +55,7 @@ async def predict(body: PredictRequest, engine: EngineDep, metrics: MetricsDep) 
     def work() -> tuple[list[list[float]], float]:
         x = decode_batch(body.images, body.images_png, s.max_batch, s.max_png_bytes)
         start = time.perf_counter()
-        rows = engine.predict_scored(x).tolist()
+        rows = engine.predict_scored(x.numpy()).tolist()
         return rows, time.perf_counter() - start
 
     rows, seconds = await engine.run(work)

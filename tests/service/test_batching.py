@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
-import torch
 
 from service.batching import BatchStats, MicroBatcher
 
@@ -17,15 +17,15 @@ class Recorder:
         self.calls: list[int] = []
         self.fail = fail
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         self.calls.append(int(x.shape[0]))
         if self.fail:
             raise RuntimeError("forward failed")
         return x * 2
 
 
-def rows(n: int, start: float) -> torch.Tensor:
-    return torch.arange(start, start + n, dtype=torch.float32).unsqueeze(1)
+def rows(n: int, start: float) -> np.ndarray:
+    return np.arange(start, start + n, dtype=np.float32)[:, None]
 
 
 def test_concurrent_requests_share_one_forward_and_each_gets_its_own_rows() -> None:
@@ -33,13 +33,13 @@ def test_concurrent_requests_share_one_forward_and_each_gets_its_own_rows() -> N
     stats: list[BatchStats] = []
     batcher = MicroBatcher(forward, max_images=256, on_batch=stats.append)
 
-    async def main() -> list[torch.Tensor]:
+    async def main() -> list[np.ndarray]:
         return await asyncio.gather(*(batcher.submit(rows(k + 1, 100.0 * k)) for k in range(5)))
 
     outs = asyncio.run(main())
     assert forward.calls == [1 + 2 + 3 + 4 + 5]
     for k, out in enumerate(outs):
-        assert torch.equal(out, rows(k + 1, 100.0 * k) * 2)
+        assert np.array_equal(out, rows(k + 1, 100.0 * k) * 2)
     assert stats[0].requests == 5 and stats[0].images == 15 and stats[0].seconds >= 0
     assert batcher.queued_requests == 0
 
@@ -48,14 +48,14 @@ def test_max_images_splits_batches_in_arrival_order_and_an_oversized_request_run
     forward = Recorder()
     batcher = MicroBatcher(forward, max_images=4)
 
-    async def main() -> list[torch.Tensor]:
+    async def main() -> list[np.ndarray]:
         sizes = [3, 1, 2, 6, 1]
         return await asyncio.gather(*(batcher.submit(rows(n, 10.0 * i)) for i, n in enumerate(sizes)))
 
     outs = asyncio.run(main())
     assert forward.calls == [4, 2, 6, 1]  # [3+1] full; [2] then the 6 that would overflow; [6] alone; [1]
     assert [int(o.shape[0]) for o in outs] == [3, 1, 2, 6, 1]
-    assert torch.equal(outs[3], rows(6, 30.0) * 2)
+    assert np.array_equal(outs[3], rows(6, 30.0) * 2)
 
 
 def test_max_images_one_turns_coalescing_off() -> None:
@@ -85,7 +85,7 @@ def test_max_wait_gathers_requests_that_arrive_within_the_window() -> None:
     forward = Recorder()
     batcher = MicroBatcher(forward, max_images=256, max_wait_s=0.3)
 
-    async def late(delay: float, n: int) -> torch.Tensor:
+    async def late(delay: float, n: int) -> np.ndarray:
         await asyncio.sleep(delay)
         return await batcher.submit(rows(n, 0.0))
 
@@ -106,14 +106,14 @@ def test_a_failing_forward_fails_every_request_of_the_batch_and_the_batcher_reco
     results = asyncio.run(main())
     assert all(isinstance(r, RuntimeError) for r in results)
     forward.fail = False
-    assert torch.equal(asyncio.run(batcher.submit(rows(2, 1.0))), rows(2, 1.0) * 2)
+    assert np.array_equal(asyncio.run(batcher.submit(rows(2, 1.0))), rows(2, 1.0) * 2)
 
 
 def test_a_cancelled_request_is_dropped_before_the_forward_pass() -> None:
     forward = Recorder()
     batcher = MicroBatcher(forward, max_images=256, max_wait_s=0.2)
 
-    async def main() -> torch.Tensor:
+    async def main() -> np.ndarray:
         gone = asyncio.ensure_future(batcher.submit(rows(5, 0.0)))
         await asyncio.sleep(0.01)
         gone.cancel()  # the client disconnected while queued
@@ -121,7 +121,7 @@ def test_a_cancelled_request_is_dropped_before_the_forward_pass() -> None:
 
     out = asyncio.run(main())
     assert forward.calls == [1]
-    assert torch.equal(out, rows(1, 7.0) * 2)
+    assert np.array_equal(out, rows(1, 7.0) * 2)
 
 
 @pytest.mark.parametrize("kwargs", [{"max_images": 0}, {"max_images": 4, "max_wait_s": -1.0}])
