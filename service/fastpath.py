@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import orjson
 import torch
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .batching import BatchStats, MicroBatcher
 from .decode import decode_json_request
@@ -117,7 +117,7 @@ class FastPredictPath:
         finally:
             metrics.in_flight.dec()
         if payload is None:  # anything this layer does not answer gets the full application, body replayed
-            await self.app(scope, _replay(body, more, receive), send)
+            await self.app(scope, replay_body(body, receive, more), send)
             return
         data = orjson.dumps(payload)
         await send(
@@ -181,19 +181,3 @@ async def _read_body(receive: Receive) -> tuple[bytes | None, bool]:
         more = bool(message.get("more_body", False))
         if not more or size > FAST_PATH_MAX_BODY_BYTES:
             return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), more
-
-
-def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
-    """A ``receive`` that hands the application what this layer already read, then the rest of the body."""
-    if not more:
-        return replay_body(body, receive)
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": True}
-        return await receive()
-
-    return replay

@@ -59,15 +59,17 @@ class BodyLimitMiddleware:
         await self.app(scope, replay_body(b"".join(chunks), receive), send)
 
 
-def replay_body(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that hands an already-read body to the application once, then defers to ``receive``."""
+def replay_body(body: bytes, receive: Receive, more_body: bool = False) -> Receive:
+    """A ``receive`` that hands an already-read body to the application once, then defers to ``receive``.
+
+    ``more_body``: ``body`` is only the first part of the request body; the rest still comes from ``receive``."""
     sent = False
 
     async def replay() -> Message:
         nonlocal sent
         if not sent:
             sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": more_body}
         return await receive()
 
     return replay

@@ -37,16 +37,7 @@ def test_real_server_end_to_end(trained_artifact: Path, test_images: tuple[np.nd
     base = f"http://127.0.0.1:{PORT}"
     try:
         with httpx.Client(base_url=base, timeout=30) as http:
-            deadline = time.monotonic() + 120
-            while True:
-                assert proc.poll() is None, proc.communicate()[1].decode()
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "server never became ready"
-                time.sleep(0.2)
+            _wait_ready(http, proc)
             images = [img.tolist() for img in test_images[0][:4]]
             r = http.post("/predict", json={"images": images})
             assert r.status_code == 200 and len(r.json()["predictions"]) == 4

@@ -146,6 +146,27 @@ def test_large_bodies_are_served_by_the_route_with_the_same_payload(
     assert _metric(fast, "mcserve_batch_coalesced_requests_count") == batches  # not through the batcher
 
 
+def test_a_chunked_body_past_the_fast_paths_limit_reaches_the_route_whole(
+    both: tuple[TestClient, TestClient], test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """No Content-Length: the fast path reads up to its limit, then hands what it read plus the rest to the route."""
+    from service.fastpath import FAST_PATH_MAX_BODY_BYTES
+
+    fast, slow = both
+    data = orjson.dumps({"images": [image.tolist() for image in test_images[0][:100]]})
+    assert len(data) > 2 * FAST_PATH_MAX_BODY_BYTES
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(data), 4096):
+            yield data[i : i + 4096]
+
+    headers = {"content-type": "application/json"}
+    a = fast.post("/predict", content=chunks(), headers=headers)
+    assert "content-length" not in a.request.headers  # really sent in chunks
+    b = slow.post("/predict", content=data, headers=headers)
+    assert a.status_code == 200 and a.json() == b.json() and len(a.json()["predictions"]) == 100
+
+
 def test_uncertainty_fast_path_payloads_equal_the_routes(
     both: tuple[TestClient, TestClient], test_images: tuple[np.ndarray, np.ndarray]
 ) -> None:
