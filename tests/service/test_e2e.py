@@ -54,13 +54,19 @@ def test_real_server_end_to_end(trained_artifact: Path, test_images: tuple[np.nd
             assert 'mcserve_http_requests_total{method="POST",route="/predict",status="422"} 1.0' in metrics
             assert "mcserve_mc_samples_sum 50.0" in metrics
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> str:
+    """SIGTERM, as Docker sends it: the server drains and exits 0; returns its stderr."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
     assert proc.returncode == 0, stderr.decode()
+    return stderr.decode()
 
 
 def _wait_ready(http: httpx.Client, proc: subprocess.Popen[bytes]) -> None:
@@ -119,14 +125,8 @@ def test_several_workers_share_the_port_and_every_scrape_counts_all_of_them(
             assert _sample(text, "mcserve_model_ready ") == 1.0
             assert _sample(text, "mcserve_http_requests_in_flight ") == 1.0  # the scrape itself
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert proc.returncode == 0, stderr.decode()
-    assert "Traceback" not in stderr.decode()
+        stderr = _stop(proc)
+    assert "Traceback" not in stderr
     assert not list(metrics_dir.glob("gauge_live*")), "exiting workers leave the live gauges"
 
 
