@@ -142,7 +142,7 @@ def decode_batch(
 def decode_json_request(
     body: bytes, fields: frozenset[str], max_batch: int
 ) -> tuple[np.ndarray, dict[str, int]] | None:
-    """The fast path's decoder: the raw body of a pixel-list request, straight to a tensor.
+    """The fast path's decoder: the raw body of a pixel-list request, straight to a pixel array.
 
     Accepts exactly a JSON object with ``images`` (pixel lists, as ``decode_batch`` accepts them) and
     optionally other keys from ``fields`` holding integers, and returns the ``(B, 28, 28)`` float32 array

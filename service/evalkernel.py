@@ -3,7 +3,7 @@
 ``/predict`` runs one eval-mode pass per (micro-)batch. On CPU its cost is the 784x256 first
 layer plus the input check's projection onto its principal components; the rest is small.
 This module is cheaper than ``predict_eval`` + ``InputCheck.score`` (on the 2-core benchmark
-VM, one image: about 200 against 70 us; 32 images: 740 against about 450 us) because
+VM, one image: about 70 us against 200; 32 images: about 420 us against 740) because
 
 * numpy calls on small arrays cost a few microseconds each, torch calls 8-15;
 * the input normalisation is folded into fc1's weights and bias (no elementwise pass);
