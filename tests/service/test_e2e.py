@@ -82,6 +82,24 @@ def _wait_ready(http: httpx.Client, proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.2)
 
 
+def _worker_files(directory: Path, kind: str) -> list[Path]:
+    """One worker's multiprocess file per process id, e.g. ``counter_<pid>.db``."""
+    return sorted(directory.glob(f"{kind}_[0-9]*.db"))
+
+
+def _predict_count(counter_file: Path) -> float:
+    """``/predict`` 200s recorded in one worker's counter file (prometheus-client's own reader)."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    want = {"method": "POST", "route": "/predict", "status": "200"}
+    total = 0.0
+    for key, value, _, _ in MmapedDict.read_all_values_from_file(str(counter_file)):
+        _, sample, labels, _ = json.loads(key)
+        if sample == "mcserve_http_requests_total" and labels == want:
+            total += value
+    return total
+
+
 def _sample(metrics: str, line_start: str) -> float:
     values = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(line_start)]
     assert len(values) == 1, (line_start, values)
@@ -104,19 +122,31 @@ def test_several_workers_share_the_port_and_every_scrape_counts_all_of_them(
         [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     base = f"http://127.0.0.1:{port}"
-    n, image = 120, test_images[0][0].tolist()
+    image = test_images[0][0].tolist()
     try:
         with httpx.Client(base_url=base, timeout=30) as http:
             _wait_ready(http, proc)
+            deadline = time.monotonic() + 120  # /readyz answers once one worker is up: wait for the second
+            while len(_worker_files(metrics_dir, "gauge_livemin")) < 2 or (
+                _sample(http.get("/metrics").text, "mcserve_model_ready ") != 1.0
+            ):
+                assert time.monotonic() < deadline, sorted(p.name for p in metrics_dir.iterdir())
+                time.sleep(0.2)
 
         def post(_: int) -> int:  # a new connection per request, so the kernel hands them to both workers
             with httpx.Client(base_url=base, timeout=30) as one:
                 return one.post("/predict", json={"images": [image]}).status_code
 
+        n = 0
         with ThreadPoolExecutor(8) as pool:
-            assert set(pool.map(post, range(n))) == {200}
-        pids = {p.name.split("_")[-1] for p in metrics_dir.glob("counter_*.db")}
-        assert len(pids) == 2 and "1.db" not in pids, sorted(p.name for p in metrics_dir.iterdir())  # both served
+            for _ in range(10):  # until each worker has served some (almost always the first round)
+                assert set(pool.map(post, range(40))) == {200}
+                n += 40
+                served = [_predict_count(f) for f in _worker_files(metrics_dir, "counter")]
+                if len(served) == 2 and min(served) > 0:
+                    break
+        assert len(served) == 2 and min(served) > 0 and sum(served) == n, served  # each worker's own file
+        assert not (metrics_dir / "counter_1.db").exists()
         for _ in range(4):  # whichever worker answers the scrape, it reports the sum over both
             with httpx.Client(base_url=base, timeout=30) as one:
                 text = one.get("/metrics").text
