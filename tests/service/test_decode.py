@@ -8,6 +8,7 @@ import json
 import struct
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -269,3 +270,28 @@ def test_json_decoder_reads_integer_fields_and_declines_everything_else() -> Non
         (b"\xff\xfe", MC),
     ):
         assert decode_json_request(bad, fields, 8) is None, bad[:80]
+
+
+def test_the_reused_parser_decodes_every_body_whatever_came_before() -> None:
+    """Each thread reuses one simdjson parser; no document of an earlier call (decoded, rejected or invalid)
+    may stop the next call from parsing, and concurrent threads must not share a parser."""
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, 784).tolist() for _ in range(8)]
+    bodies = [_json({"images": [image]}) for image in images]
+    junk = [b"{", _json({"images": [[1] * 783]}), _json({"images": [[300] * 784]}), b'{"images": "x"}']
+
+    def decode_all(offset: int) -> list[np.ndarray]:
+        out = []
+        for i in range(200):
+            assert decode_json_request(junk[(i + offset) % len(junk)], PREDICT, 8) is None
+            decoded = decode_json_request(bodies[(i + offset) % len(bodies)], PREDICT, 8)
+            assert decoded is not None
+            out.append(decoded[0])
+        return out
+
+    for i, x in enumerate(decode_all(0)):
+        assert np.array_equal(x.reshape(784), np.asarray(images[i % len(images)], dtype=np.float32))
+    with ThreadPoolExecutor(4) as pool:
+        for offset, result in enumerate(pool.map(decode_all, range(4))):
+            for i, x in enumerate(result):
+                assert np.array_equal(x.reshape(784), np.asarray(images[(i + offset) % 8], dtype=np.float32))
