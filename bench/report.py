@@ -97,6 +97,18 @@ def headline(sec: dict[str, dict[str, Any]]) -> str:
             0,
         ),
         (
+            "floor: bare uvicorn + pixel decoding only ÷ bare uvicorn, c=64, interleaved (context)",
+            b.get("interleaved_floor_decode_over_bare_uvicorn_c64"),
+            "",
+            0,
+        ),
+        (
+            "`/predict` req/s ÷ floor of decoding + batching + eval kernel, c=64, interleaved (context)",
+            b.get("interleaved_predict_over_floor_model_c64"),
+            "",
+            0,
+        ),
+        (
             "`/predict` req/s ÷ bare FastAPI route, c=64 (context)",
             rel("predict_rps_c64", "bare_fastapi_rps_c64"),
             "",
@@ -208,6 +220,27 @@ def batching_table(b: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def floor_table(b: dict[str, Any]) -> str:
+    if b.get("batching_floor_decode_rps_c64") is None:
+        return "_floors not run_"
+    lines = [
+        "| c | bare uvicorn req/s | + decoding req/s (÷ bare) | + batching, eval kernel req/s (÷ bare) "
+        "| mcserve `/predict` req/s (÷ bare) | mcserve ÷ second floor |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in (1, 16, 64):
+        cells = [fmt(b.get(f"batching_bare_rps_c{c}"), 0)]
+        for rps, ratio in (
+            ("floor_decode", "floor_decode_over_bare_uvicorn"),
+            ("floor_model", "floor_model_over_bare_uvicorn"),
+            ("on", "predict_over_bare_uvicorn"),
+        ):
+            cells.append(f"{fmt(b.get(f'batching_{rps}_rps_c{c}'), 0)} ({fmt(b.get(f'interleaved_{ratio}_c{c}'), 2)})")
+        cells.append(fmt(b.get(f"interleaved_predict_over_floor_model_c{c}"), 2))
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def train_table(t: dict[str, Any]) -> str:
     if not t:
         return "_training benchmark not run_"
@@ -292,6 +325,7 @@ def render(results: dict[str, Any], plot_name: str) -> str:
         kernel_table=kernel_table(sec["kernel"]),
         http_table=http_table(sec["http"]),
         batching_table=batching_table(sec["batching"]),
+        floor_table=floor_table(sec["batching"]),
         train_table=train_table(sec["train"]),
         cold_start=cold_text,
         plot=plot_name,
