@@ -81,6 +81,13 @@ def headline(sec: dict[str, dict[str, Any]]) -> str:
             0,
         ),
         (
+            "floor: decoding + batching + eval kernel inside uvicorn's protocol ÷ bare uvicorn, c=64, interleaved "
+            "(context)",
+            b.get("interleaved_floor_protocol_over_bare_uvicorn_c64"),
+            "",
+            0,
+        ),
+        (
             "`/predict` req/s ÷ floor of decoding + batching + eval kernel, c=64, interleaved (context)",
             b.get("interleaved_predict_over_floor_model_c64"),
             "",
@@ -202,15 +209,16 @@ def floor_table(b: dict[str, Any]) -> str:
     if b.get("batching_floor_decode_rps_c64") is None:
         return "_floors not run_"
     lines = [
-        "| c | bare uvicorn req/s | + decoding req/s (÷ bare) | + batching, eval kernel req/s (÷ bare) "
-        "| mcserve `/predict` req/s (÷ bare) | mcserve ÷ second floor |",
-        "|---|---|---|---|---|---|",
+        "| c | bare uvicorn req/s | + decoding (÷ bare) | + batching, eval kernel (÷ bare) "
+        "| the same inside uvicorn's protocol (÷ bare) | mcserve `/predict` (÷ bare) | mcserve ÷ model floor |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in (1, 16, 64):
         cells = [fmt(b.get(f"batching_bare_rps_c{c}"), 0)]
         for rps, ratio in (
             ("floor_decode", "floor_decode_over_bare_uvicorn"),
             ("floor_model", "floor_model_over_bare_uvicorn"),
+            ("floor_protocol", "floor_protocol_over_bare_uvicorn"),
             ("on", "predict_over_bare_uvicorn"),
         ):
             cells.append(f"{fmt(b.get(f'batching_{rps}_rps_c{c}'), 0)} ({fmt(b.get(f'interleaved_{ratio}_c{c}'), 2)})")

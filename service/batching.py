@@ -64,6 +64,10 @@ class MicroBatcher:
 
     async def submit(self, x: np.ndarray) -> np.ndarray:
         """The ``forward`` rows for ``x``, computed together with whatever else is queued."""
+        return await self.enqueue(x)
+
+    def enqueue(self, x: np.ndarray) -> asyncio.Future[np.ndarray]:
+        """Queue ``x`` and return the future of its rows (for callers that cannot await; on the loop's thread)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._queue.append((x, future))
@@ -75,7 +79,7 @@ class MicroBatcher:
                 self._timer = loop.call_later(self.max_wait_s, self._flush)
             else:
                 self._timer = loop.call_soon(self._flush)
-        return await future
+        return future
 
     def _take(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]:
         """Queued requests in arrival order up to ``max_images`` (at least one); cancelled ones are dropped."""

@@ -9,6 +9,8 @@ to show where the gap between mcserve and bare uvicorn comes from:
 * ``model_app``: the same, plus the work that makes the answer: the fast path's dynamic batching and the
   eval kernel (``MicroBatcher`` over ``Engine.predict_scored``), answering each image's class and
   probabilities. No metrics, no input-check fields, no framework, no fallback for anything else.
+* ``bench.peers.protocol_floor``: ``model_app``'s work done inside uvicorn's HTTP protocol, with no ASGI
+  request task at all.
 
 Neither is a product: a request it cannot decode gets a 400 with no body.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import orjson
 
 from bench.peers.bare import CONSTANT
@@ -79,6 +82,15 @@ class _Model:
         self.names = list(loaded.class_names)
         self.batcher = MicroBatcher(self.engine.predict_scored, max_images=settings.batch_max_images)
 
+    def answer(self, scored: np.ndarray) -> bytes:
+        """The JSON answer for one request's ``predict_scored`` rows: class, label and probabilities per image."""
+        predictions = []
+        for row in scored.tolist():
+            row.pop()  # the input check's score: not part of this floor's answer
+            i = max(range(len(row)), key=row.__getitem__)
+            predictions.append({"class_id": i, "label": self.names[i], "probabilities": row})
+        return orjson.dumps({"predictions": predictions})
+
 
 _model = _Model()
 
@@ -94,9 +106,4 @@ async def model_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if decoded is None:
         await _answer(send, 400, b"")
         return
-    predictions = []
-    for row in (await _model.batcher.submit(decoded[0])).tolist():
-        row.pop()  # the input check's score: not part of this floor's answer
-        i = max(range(len(row)), key=row.__getitem__)
-        predictions.append({"class_id": i, "label": _model.names[i], "probabilities": row})
-    await _answer(send, 200, orjson.dumps({"predictions": predictions}))
+    await _answer(send, 200, _model.answer(await _model.batcher.submit(decoded[0])))
