@@ -162,7 +162,11 @@ def decode_json_request(
     if parser is None:
         parser = _parsers.parser = simdjson.Parser()
     try:
-        doc = parser.parse(body)  # valid until the parser's next parse: nothing here outlives this call
+        try:
+            doc = parser.parse(body)  # valid until the parser's next parse: nothing here outlives this call
+        except RuntimeError:  # something still holds a proxy of the parser's last document: use a new parser
+            parser = _parsers.parser = simdjson.Parser()
+            doc = parser.parse(body)
     except (ValueError, RuntimeError, TypeError):
         return None
     if type(doc) is not simdjson.Object:

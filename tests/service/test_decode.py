@@ -295,3 +295,17 @@ def test_the_reused_parser_decodes_every_body_whatever_came_before() -> None:
         for offset, result in enumerate(pool.map(decode_all, range(4))):
             for i, x in enumerate(result):
                 assert np.array_equal(x.reshape(784), np.asarray(images[(i + offset) % 8], dtype=np.float32))
+
+
+def test_a_document_still_referenced_elsewhere_does_not_stop_the_decoder() -> None:
+    """pysimdjson refuses to reuse a parser while a proxy of its last document lives; the decoder then takes a
+    new parser rather than sending every later request of that thread to the slow route."""
+    from service import decode
+
+    body = _json({"images": [[7] * 784]})
+    assert decode_json_request(body, PREDICT, 8) is not None  # this thread now has a parser
+    held = decode._parsers.parser.parse(b'{"a": [1, 2]}')["a"]  # a live proxy into that parser's document
+    decoded = decode_json_request(body, PREDICT, 8)
+    assert decoded is not None and float(decoded[0].max()) == 7.0
+    assert list(held) == [1, 2]  # the old document is untouched
+    assert decode_json_request(body, PREDICT, 8) is not None
