@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -14,15 +15,23 @@ from fastapi import FastAPI, Request, Response
 CONSTANT = json.dumps({"predictions": [{"class_id": 0, "label": "T-shirt/top", "probabilities": [0.1] * 10}]}).encode()
 
 
+async def lifespan(receive: Any, send: Any, startup: Callable[[], None] | None = None) -> None:
+    """The ASGI lifespan protocol for a raw app: ``startup()`` (if given) before startup completes."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            if startup is not None:
+                startup()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     more = True
     while more:  # read the whole body, as a real endpoint must
         message = await receive()

@@ -12,7 +12,7 @@ to show where the gap between mcserve and bare uvicorn comes from:
 * ``bench.peers.protocol_floor``: ``model_app``'s work done inside uvicorn's HTTP protocol, with no ASGI
   request task at all.
 
-Neither is a product: a request it cannot decode gets a 400 with no body.
+None of them is a product: a request it cannot decode gets a 400 with no body.
 """
 
 from __future__ import annotations
@@ -22,26 +22,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-from bench.peers.bare import CONSTANT
+from bench.peers.bare import CONSTANT, lifespan
 from service.batching import MicroBatcher
 from service.decode import decode_json_request
 from service.engine import Engine
 from service.settings import Settings
 
-_KEYS = frozenset({"images"})
+KEYS = frozenset({"images"})
 _HEADERS = [(b"content-type", b"application/json")]
-
-
-async def _lifespan(receive: Any, send: Any, startup: Any = None) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            if startup is not None:
-                startup()
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def _body(receive: Any) -> bytes:
@@ -61,16 +49,16 @@ async def _answer(send: Any, status: int, body: bytes) -> None:
 
 async def decode_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        await _lifespan(receive, send)
+        await lifespan(receive, send)
         return
     if scope["method"] == "GET":  # readiness
         await _answer(send, 200, b"{}")
         return
-    decoded = decode_json_request(await _body(receive), _KEYS, 256)
+    decoded = decode_json_request(await _body(receive), KEYS, 256)
     await _answer(send, 200 if decoded is not None else 400, CONSTANT if decoded is not None else b"")
 
 
-class _Model:
+class Model:
     engine: Engine
     batcher: MicroBatcher
     names: list[str]
@@ -92,18 +80,18 @@ class _Model:
         return orjson.dumps({"predictions": predictions})
 
 
-_model = _Model()
+model = Model()
 
 
 async def model_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        await _lifespan(receive, send, _model.load)
+        await lifespan(receive, send, model.load)
         return
     if scope["method"] == "GET":
         await _answer(send, 200, b"{}")
         return
-    decoded = decode_json_request(await _body(receive), _KEYS, 256)
+    decoded = decode_json_request(await _body(receive), KEYS, 256)
     if decoded is None:
         await _answer(send, 400, b"")
         return
-    await _answer(send, 200, _model.answer(await _model.batcher.submit(decoded[0])))
+    await _answer(send, 200, model.answer(await model.batcher.submit(decoded[0])))

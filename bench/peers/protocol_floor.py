@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from bench.peers.floor import _KEYS, _model
+from bench.peers.floor import KEYS, model
 from service.decode import decode_json_request
 
 
@@ -43,15 +43,15 @@ class Protocol(HttpToolsProtocol):
             self._predict(cycle)
 
     def _predict(self, cycle: RequestResponseCycle) -> None:
-        decoded = decode_json_request(bytes(cycle.body), _KEYS, 256)
+        decoded = decode_json_request(bytes(cycle.body), KEYS, 256)
         if decoded is None:
             self._write(cycle, b"400 Bad Request", b"")
             return
-        future = _model.batcher.enqueue(decoded[0])
+        future = model.batcher.enqueue(decoded[0])
         future.add_done_callback(lambda done: self._answered(cycle, done))
 
     def _answered(self, cycle: RequestResponseCycle, done: asyncio.Future[np.ndarray]) -> None:
-        self._write(cycle, b"200 OK", _model.answer(done.result()))
+        self._write(cycle, b"200 OK", model.answer(done.result()))
 
     def _write(self, cycle: RequestResponseCycle, status: bytes, body: bytes) -> None:
         if cycle.disconnected:
