@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .core import Core
 from .engine import Engine
 from .errors import install_handlers
 from .fastpath import FastPredictPath
@@ -18,6 +20,11 @@ from .limits import BodyLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
 from .routes import router
 from .settings import Settings
+from .v2.dataplane import DataPlane
+from .v2.rest import V2Http
+
+VERSION = "0.1.0"
+log = logging.getLogger("service")
 
 
 class McServe(FastAPI):
@@ -45,29 +52,49 @@ def create_app(
     engine = engine or Engine(settings)
     shared = settings.metrics_dir if settings.workers > 1 else None  # set by ``python -m service`` for its workers
     metrics = Metrics(registry or CollectorRegistry(), multiprocess_dir=shared)
+    core = Core(engine, metrics)
+    plane = DataPlane(core, VERSION)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = await anyio.to_thread.run_sync(engine.load)
         ref = loaded.ref
+        grpc_server = None
+        if settings.grpc_port:
+            from .v2.grpc_server import GrpcServer  # grpcio only when gRPC is on
+
+            grpc_server = GrpcServer(
+                plane, settings.host, settings.grpc_port, settings.max_body_bytes, reuse_port=settings.workers > 1
+            )
+            await grpc_server.start()
         metrics.set_model(ref["name"], ref["version"], ref["sha256"], str(loaded.device))
-        yield
-        metrics.ready.set(0)
-        metrics.process_exiting()
+        try:
+            yield
+        finally:
+            metrics.ready.set(0)
+            if grpc_server is not None:  # uvicorn has drained HTTP; in-flight gRPC calls get the same grace
+                await grpc_server.stop(settings.graceful_shutdown_s)
+            metrics.process_exiting()
 
     app = McServe(
         title="mcserve",
         summary="Fashion-MNIST dropout MLP with Monte Carlo dropout uncertainty",
-        version="0.1.0",
+        version=VERSION,
         lifespan=lifespan,
     )
     app.state.engine = engine
     app.state.metrics = metrics
     app.state.settings = settings
+    app.state.core = core
+    app.state.plane = plane
     install_handlers(app)
     app.include_router(router)
-    if settings.fast_path:  # outermost: it records its own requests' metrics and delegates everything else
-        app.front = FastPredictPath(app.framework, engine=engine, metrics=metrics)
+    # Front layers, outermost first: v2 (/v2/...), then the REST fast path; each records its own requests'
+    # metrics and hands everything else on, finally to FastAPI's own __call__.
+    inner: ASGIApp = app.framework
+    if settings.fast_path:
+        inner = FastPredictPath(inner, core)
+    app.front = V2Http(inner, plane)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])

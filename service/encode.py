@@ -1,20 +1,20 @@
 """Turn model outputs into response payloads (plain dicts, the shapes of ``schemas``).
 
 The FastAPI routes and the fast path both encode through these functions (and run MC
-requests through :func:`run_uncertainty`), so a request gets the same payload whichever
-way it was served.
+requests through :meth:`service.core.Core.uncertainty`), so a request gets the same payload
+whichever way it was served.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .engine import Engine, LoadedModel
+from .engine import LoadedModel
 from .inference import MCResult
+
+if TYPE_CHECKING:
+    from .core import MCOutcome
 
 
 def argmax(values: Sequence[float]) -> int:
@@ -99,12 +99,7 @@ def uncertainty_payload(
     }
 
 
-def run_uncertainty(engine: Engine, x: torch.Tensor, n_samples: int, seed: int) -> tuple[dict[str, Any], float]:
-    """MC-dropout passes over decoded images ``x``, encoded: ``(UncertaintyResponse payload, model seconds)``.
-
-    Blocking: the route and the fast path run it in the engine's worker threads.
-    """
-    start = time.perf_counter()
-    out = mc_lists(engine.predict_mc(x, n_samples, seed))
-    seconds = time.perf_counter() - start
-    return uncertainty_payload(engine.loaded, out, engine.input_residuals(x), n_samples, seed), seconds
+def uncertainty_payload_of(loaded: LoadedModel, outcome: MCOutcome) -> dict[str, Any]:
+    """``UncertaintyResponse`` for one :meth:`service.core.Core.uncertainty` outcome (runs in its worker thread)."""
+    residuals = None if outcome.residuals is None else outcome.residuals.tolist()
+    return uncertainty_payload(loaded, mc_lists(outcome.result), residuals, outcome.n_samples, outcome.seed)

@@ -166,6 +166,15 @@ class Engine:
             return loaded.kernel.scores(x.numpy()).tolist()
         return loaded.input_check.score(x).tolist()
 
+    def input_residuals_array(self, x: np.ndarray) -> np.ndarray | None:
+        """:meth:`input_residuals` for numpy pixels ``(B, 28, 28)``, as a ``(B,)`` float64 array."""
+        loaded = self.loaded
+        if loaded.input_check is None:
+            return None
+        if loaded.kernel is not None:
+            return loaded.kernel.scores(x)
+        return loaded.input_check.score(torch.from_numpy(x)).to(torch.float64).numpy()
+
     def predict_mc(self, x: torch.Tensor, n_samples: int, seed: int) -> MCResult:
         """MC dropout summaries (on the model's device) with masks from a generator seeded with ``seed``."""
         loaded = self.loaded

@@ -36,15 +36,12 @@ from typing import Any
 
 import numpy as np
 import orjson
-import torch
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .batching import BatchStats, MicroBatcher
+from .core import SEED_LIMIT, Core
 from .decode import decode_json_request
-from .encode import predict_payload, run_uncertainty
-from .engine import Engine
+from .encode import predict_payload, uncertainty_payload_of
 from .limits import replay_body
-from .metrics import Metrics
 
 _JSON = b"application/json"
 # Bodies above this (about 20 images as JSON) go to the route, which decodes in a worker thread: decoding
@@ -55,7 +52,6 @@ _PREDICT, _UNCERTAINTY = "/predict", "/predict/uncertainty"
 _PATHS = frozenset({_PREDICT, _UNCERTAINTY})
 log = logging.getLogger("service")
 _PREDICT_KEYS, _MC_KEYS = frozenset({"images"}), frozenset({"images", "n_samples", "seed"})
-_SEED_LIMIT = 2**63  # UncertaintyRequest.seed: 0 <= seed < 2**63
 
 
 class FastPredictPath:
@@ -66,26 +62,15 @@ class FastPredictPath:
     HTTP metrics itself, as ``MetricsMiddleware`` does for everything else, and enforces its own small body limit.
     """
 
-    def __init__(self, app: ASGIApp, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, core: Core) -> None:
         self.app = app
-        self.engine = engine
-        self.metrics = metrics
-        settings = engine.settings
+        self.core = core
+        self.engine = core.engine
+        self.metrics = core.metrics
+        settings = core.settings
         self.settings = settings
         self.max_batch = settings.max_batch
         self.cors = bool(settings.cors_origins)  # cross-origin requests need CORSMiddleware's headers: delegate them
-        self.batcher = MicroBatcher(
-            self._forward,
-            max_images=settings.batch_max_images,
-            max_wait_s=settings.batch_max_wait_ms / 1000.0,
-            on_batch=self._on_batch,
-        )
-
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        return self.engine.predict_scored(x)
-
-    def _on_batch(self, stats: BatchStats) -> None:
-        self.metrics.record_batch(stats.requests, stats.images)
 
     def _wants(self, scope: Scope) -> bool:
         """A JSON POST to a predict endpoint, small enough to read here, that no other layer needs to see."""
@@ -128,7 +113,7 @@ class FastPredictPath:
             }
         )
         await send({"type": "http.response.body", "body": data})
-        metrics.record_http(scope["path"], "POST", "200", time.perf_counter() - start)
+        metrics.record_http(scope["path"], "POST", "200", time.perf_counter() - start, "rest")
 
     async def _answer(self, path: str, body: bytes) -> dict[str, Any] | None:
         """The payload for a request this layer serves, or None to hand it to the application."""
@@ -145,25 +130,19 @@ class FastPredictPath:
             return None
 
     async def _predict(self, x: np.ndarray) -> dict[str, Any]:
-        start = time.perf_counter()
-        rows = (await self.batcher.submit(x)).tolist()
-        seconds = time.perf_counter() - start  # model time of the shared pass, plus time queued for it
-        payload = predict_payload(self.engine.loaded, rows)
-        self.metrics.record_predict(payload["predictions"], seconds)
-        return payload
+        rows = await self.core.predict(x, "rest")
+        return predict_payload(self.engine.loaded, rows.tolist())
 
     async def _uncertainty(self, x: np.ndarray, fields: dict[str, int]) -> dict[str, Any] | None:
         """The route's ``predict_uncertainty`` for a request with nothing to reject; None otherwise."""
-        s = self.settings
-        n, seed = fields.get("n_samples", s.default_samples), fields.get("seed")
-        if not 1 <= n <= s.max_samples or n * len(x) > s.max_work:
+        core = self.core
+        n, seed = fields.get("n_samples", self.settings.default_samples), fields.get("seed")
+        if core.mc_limit_problem(n, len(x)) is not None:
             return None
-        if seed is not None and not 0 <= seed < _SEED_LIMIT:
+        if seed is not None and not 0 <= seed < SEED_LIMIT:
             return None
-        seed = self.engine.fresh_seed() if seed is None else seed
-        payload, seconds = await self.engine.run(run_uncertainty, self.engine, torch.from_numpy(x), n, seed)
-        self.metrics.record_uncertainty(payload["predictions"], n, seconds)
-        return payload
+        loaded = self.engine.loaded
+        return await core.uncertainty(x, n, seed, "rest", lambda outcome: uncertainty_payload_of(loaded, outcome))
 
 
 async def _read_body(receive: Receive) -> tuple[bytes | None, bool]:

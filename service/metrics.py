@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,20 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 SAMPLE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 ENTROPY_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5)
 MI_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+PROTOCOLS = ("rest", "v2_http", "v2_grpc")  # the ``protocol`` label's values: mcserve's own REST, v2 HTTP, v2 gRPC
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class MCSummary:
+    """What the metrics record of one Monte Carlo request, per image (plain lists: no torch, no payload shape)."""
+
+    labels: Sequence[str]
+    outliers: Sequence[bool | None]
+    predictive_entropy: Sequence[float]
+    mutual_information: Sequence[float]
+    uncertain: Sequence[bool]
+    n_samples: int
 
 
 class Metrics:
@@ -35,52 +49,57 @@ class Metrics:
         self.registry = registry
         self.multiprocess_dir = multiprocess_dir
         self.requests = Counter(
-            "mcserve_http_requests", "HTTP requests by route template, method and status code",
-            ["route", "method", "status"], registry=registry,
+            "mcserve_http_requests",
+            "Requests by protocol (rest, v2_http, v2_grpc), route template (a gRPC method's path), method and status "
+            "code (gRPC codes as their HTTP equivalents)",
+            ["route", "method", "status", "protocol"], registry=registry,
         )  # fmt: skip
         self.request_latency = Histogram(
-            "mcserve_http_request_duration_seconds", "HTTP request latency by route template",
-            ["route"], buckets=LATENCY_BUCKETS, registry=registry,
+            "mcserve_http_request_duration_seconds", "Request latency by route template and protocol",
+            ["route", "protocol"], buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
         self.in_flight = Gauge(
             "mcserve_http_requests_in_flight", "HTTP requests being served", registry=registry,
             multiprocess_mode="livesum",
         )  # fmt: skip
         self.inference_latency = Histogram(
-            "mcserve_inference_duration_seconds", "Model time (decode excluded) per request by endpoint",
-            ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry,
+            "mcserve_inference_duration_seconds", "Model time (decode excluded) per request by endpoint and protocol",
+            ["endpoint", "protocol"], buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
         self.batch_size = Histogram(
-            "mcserve_batch_size_images", "Images per inference request by endpoint",
-            ["endpoint"], buckets=BATCH_BUCKETS, registry=registry,
+            "mcserve_batch_size_images", "Images per inference request by endpoint and protocol",
+            ["endpoint", "protocol"], buckets=BATCH_BUCKETS, registry=registry,
         )  # fmt: skip
         self.mc_samples = Histogram(
-            "mcserve_mc_samples", "Monte Carlo passes per uncertainty request",
-            buckets=SAMPLE_BUCKETS, registry=registry,
+            "mcserve_mc_samples", "Monte Carlo passes per uncertainty request by protocol",
+            ["protocol"], buckets=SAMPLE_BUCKETS, registry=registry,
         )  # fmt: skip
         self.predictive_entropy = Histogram(
-            "mcserve_predictive_entropy_nats", "Predictive entropy per image (uncertainty endpoint)",
-            buckets=ENTROPY_BUCKETS, registry=registry,
+            "mcserve_predictive_entropy_nats", "Predictive entropy per image (uncertainty endpoint) by protocol",
+            ["protocol"], buckets=ENTROPY_BUCKETS, registry=registry,
         )  # fmt: skip
         self.mutual_information = Histogram(
-            "mcserve_mutual_information_nats", "Mutual information per image (uncertainty endpoint)",
-            buckets=MI_BUCKETS, registry=registry,
+            "mcserve_mutual_information_nats", "Mutual information per image (uncertainty endpoint) by protocol",
+            ["protocol"], buckets=MI_BUCKETS, registry=registry,
         )  # fmt: skip
         self.predictions = Counter(
-            "mcserve_predictions", "Predicted images by endpoint and predicted class",
-            ["endpoint", "class_name"], registry=registry,
+            "mcserve_predictions", "Predicted images by endpoint, predicted class and protocol",
+            ["endpoint", "class_name", "protocol"], registry=registry,
         )  # fmt: skip
         self.uncertain = Counter(
             "mcserve_uncertain_predictions",
-            "Images flagged uncertain (MI above threshold or input outlier)",
+            "Images flagged uncertain (MI above threshold or input outlier) by protocol",
+            ["protocol"],
             registry=registry,
         )
         self.input_outliers = Counter(
-            "mcserve_input_outliers", "Images the input check flagged as unlike the training images, by endpoint",
-            ["endpoint"], registry=registry,
+            "mcserve_input_outliers",
+            "Images the input check flagged as unlike the training images, by endpoint and protocol",
+            ["endpoint", "protocol"], registry=registry,
         )  # fmt: skip
         for endpoint in ("predict", "predict_uncertainty"):  # exported as 0 from the start: rates need a series
-            self.input_outliers.labels(endpoint)
+            for protocol in PROTOCOLS:
+                self.input_outliers.labels(endpoint, protocol)
         self.model_info = Gauge(
             "mcserve_model_info", "Loaded model (value 1) with its identity as labels",
             ["name", "version", "sha256", "device"], registry=registry, multiprocess_mode="livemax",
@@ -128,35 +147,42 @@ class Metrics:
         self.model_info.labels(name=name, version=version, sha256=sha256, device=device).set(1)
         self.ready.set(1)
 
-    def record_http(self, route: str, method: str, status: str, seconds: float) -> None:
-        """One answered HTTP request: its latency by route template and its count by route, method and status."""
-        self.child(self.request_latency, route).observe(seconds)
-        self.child(self.requests, route, method, status).inc()
+    def record_http(self, route: str, method: str, status: str, seconds: float, protocol: str = "rest") -> None:
+        """One answered request: its latency by route template and its count by route, method and status."""
+        self.child(self.request_latency, route, protocol).observe(seconds)
+        self.child(self.requests, route, method, status, protocol).inc()
 
-    def record_predictions(self, endpoint: str, predictions: Sequence[Mapping[str, Any]]) -> None:
-        self.child(self.batch_size, endpoint).observe(len(predictions))
-        outliers = 0
-        for p in predictions:
-            self.child(self.predictions, endpoint, p["label"]).inc()
-            outliers += p["input_outlier"] is True
-        if outliers:
-            self.child(self.input_outliers, endpoint).inc(outliers)
+    def record_predictions(
+        self, endpoint: str, labels: Sequence[str], outliers: Sequence[bool | None], protocol: str
+    ) -> None:
+        """Images answered by ``endpoint``: the batch size, each predicted class and the input-check outliers."""
+        self.child(self.batch_size, endpoint, protocol).observe(len(labels))
+        for label in labels:
+            self.child(self.predictions, endpoint, label, protocol).inc()
+        flagged = sum(o is True for o in outliers)
+        if flagged:
+            self.child(self.input_outliers, endpoint, protocol).inc(flagged)
 
-    def record_predict(self, predictions: Sequence[Mapping[str, Any]], seconds: float) -> None:
-        """One answered ``/predict`` request: its model time, batch size and predicted classes."""
-        self.child(self.inference_latency, "predict").observe(seconds)
-        self.record_predictions("predict", predictions)
+    def record_predict(
+        self, labels: Sequence[str], outliers: Sequence[bool | None], seconds: float, protocol: str = "rest"
+    ) -> None:
+        """One answered deterministic request: its model time, batch size and predicted classes."""
+        self.child(self.inference_latency, "predict", protocol).observe(seconds)
+        self.record_predictions("predict", labels, outliers, protocol)
 
-    def record_uncertainty(self, predictions: Sequence[Mapping[str, Any]], n_samples: int, seconds: float) -> None:
-        """One answered ``/predict/uncertainty`` request, including each image's entropy and MI."""
-        for p in predictions:
-            self.predictive_entropy.observe(p["predictive_entropy"])
-            self.mutual_information.observe(p["mutual_information"])
-            if p["uncertain"]:
-                self.uncertain.inc()
-        self.child(self.inference_latency, "predict_uncertainty").observe(seconds)
-        self.mc_samples.observe(n_samples)
-        self.record_predictions("predict_uncertainty", predictions)
+    def record_uncertainty(self, summary: MCSummary, seconds: float, protocol: str = "rest") -> None:
+        """One answered Monte Carlo request, including each image's entropy and MI."""
+        pe, mi = self.child(self.predictive_entropy, protocol), self.child(self.mutual_information, protocol)
+        for value in summary.predictive_entropy:
+            pe.observe(value)
+        for value in summary.mutual_information:
+            mi.observe(value)
+        uncertain = sum(summary.uncertain)
+        if uncertain:
+            self.child(self.uncertain, protocol).inc(uncertain)
+        self.child(self.inference_latency, "predict_uncertainty", protocol).observe(seconds)
+        self.child(self.mc_samples, protocol).observe(summary.n_samples)
+        self.record_predictions("predict_uncertainty", summary.labels, summary.outliers, protocol)
 
     def record_batch(self, requests: int, images: int) -> None:
         """One dynamic-batching forward pass of ``/predict``: how many requests and images it served."""

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .core import Core
 from .decode import decode_batch
-from .encode import predict_payload, run_uncertainty
+from .encode import predict_payload, uncertainty_payload_of
 from .engine import Engine
 from .errors import InputError, NotReadyError, error_response
 from .metrics import Metrics
@@ -38,30 +38,30 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+async def get_core(request: Request) -> Core:
+    core: Core = request.app.state.core
+    if not core.ready:
+        raise NotReadyError()
+    return core
+
+
 EngineDep = Annotated[Engine, Depends(get_engine)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+CoreDep = Annotated[Core, Depends(get_core)]
 
 
 @router.post("/predict", response_model=PredictResponse, responses=_ERRORS, summary="Deterministic prediction")
-async def predict(body: PredictRequest, engine: EngineDep, metrics: MetricsDep) -> dict[str, Any]:
+async def predict(body: PredictRequest, core: CoreDep) -> dict[str, Any]:
     """Class probabilities with dropout off (eval mode): no randomness, no model state changes.
 
     Well-formed pixel-list requests are normally answered by the fast path (``service.fastpath``), which
     batches concurrent requests; this route serves PNG requests, errors, and everything when
     ``MCSERVE_FAST_PATH=false``.
     """
-    s = engine.settings
-
-    def work() -> tuple[list[list[float]], float]:
-        x = decode_batch(body.images, body.images_png, s.max_batch, s.max_png_bytes)
-        start = time.perf_counter()
-        rows = engine.predict_scored(x.numpy()).tolist()
-        return rows, time.perf_counter() - start
-
-    rows, seconds = await engine.run(work)
-    payload = predict_payload(engine.loaded, rows)
-    metrics.record_predict(payload["predictions"], seconds)
-    return payload
+    engine, s = core.engine, core.settings
+    x = await engine.run(decode_batch, body.images, body.images_png, s.max_batch, s.max_png_bytes)
+    rows = await core.predict(x.numpy(), "rest")
+    return predict_payload(engine.loaded, rows.tolist())
 
 
 @router.post(
@@ -70,28 +70,17 @@ async def predict(body: PredictRequest, engine: EngineDep, metrics: MetricsDep) 
     responses=_ERRORS,
     summary="Monte Carlo dropout prediction with uncertainty",
 )
-async def predict_uncertainty(body: UncertaintyRequest, engine: EngineDep, metrics: MetricsDep) -> dict[str, Any]:
+async def predict_uncertainty(body: UncertaintyRequest, core: CoreDep) -> dict[str, Any]:
     """Mean, variance and entropies over ``n_samples`` dropout passes; ``seed`` makes it reproducible."""
-    s = engine.settings
+    engine, s = core.engine, core.settings
     n = s.default_samples if body.n_samples is None else body.n_samples
-    if not 1 <= n <= s.max_samples:
-        raise InputError("n_samples", f"{n} is out of range; it must be between 1 and {s.max_samples}")
     count = len(body.images if body.images is not None else body.images_png or [])
-    if n * count > s.max_work:
-        raise InputError(
-            "n_samples",
-            f"n_samples x images = {n} x {count} = {n * count} exceeds the per-request work limit {s.max_work}; "
-            "send fewer images or fewer samples",
-        )
-    seed = engine.fresh_seed() if body.seed is None else body.seed
-
-    def work() -> tuple[dict[str, Any], float]:
-        x = decode_batch(body.images, body.images_png, s.max_batch, s.max_png_bytes)
-        return run_uncertainty(engine, x, n, seed)
-
-    payload, seconds = await engine.run(work)
-    metrics.record_uncertainty(payload["predictions"], n, seconds)
-    return payload
+    problem = core.mc_limit_problem(n, count)
+    if problem is not None:
+        raise InputError("n_samples", problem)
+    x = await engine.run(decode_batch, body.images, body.images_png, s.max_batch, s.max_png_bytes)
+    loaded = engine.loaded
+    return await core.uncertainty(x.numpy(), n, body.seed, "rest", lambda o: uncertainty_payload_of(loaded, o))
 
 
 @router.get("/livez", response_model=Status, summary="Liveness: the process is up")

@@ -20,7 +20,11 @@ class Settings(BaseSettings):
     model_dir: Path = Field(default=Path("models/current"), description="artifact directory (training output)")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N; auto picks CUDA when available")
     host: str = Field(default="127.0.0.1", description="bind address (use 0.0.0.0 in a container)")
-    port: int = Field(default=8000, ge=1, le=65535, description="TCP port")
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port (REST API and v2 REST)")
+    grpc_port: int = Field(
+        default=8001, ge=0, le=65535,
+        description="v2 gRPC port (inference.GRPCInferenceService and grpc.health.v1.Health), as Triton's; 0 = off",
+    )  # fmt: skip
     workers: int = Field(
         default=1, ge=1, le=64,
         description="server processes sharing the port; more than 1 aggregates metrics through metrics_dir",
@@ -89,6 +93,8 @@ class Settings(BaseSettings):
     def _check_limits(self) -> Settings:
         if self.default_samples > self.max_samples:
             raise ValueError(f"default_samples ({self.default_samples}) exceeds max_samples ({self.max_samples})")
+        if self.grpc_port == self.port:
+            raise ValueError(f"grpc_port ({self.grpc_port}) is the HTTP port; pick another, or 0 to turn gRPC off")
         return self
 
 

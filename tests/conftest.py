@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# In-process apps start no gRPC server unless a test asks for one (each would otherwise bind port 8001);
+# servers started as subprocesses with a cleaned environment keep the default.
+os.environ.setdefault("MCSERVE_GRPC_PORT", "0")
+
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = (
     "train-images-idx3-ubyte.gz",

@@ -15,13 +15,17 @@ def test_train_is_a_one_shot_job_writing_to_a_named_volume(compose: dict[str, An
     assert "MCSERVE_FORCE_RETRAIN" in train["environment"]
 
 
-def test_api_waits_for_train_and_has_a_healthcheck_on_port_8000(compose: dict[str, Any]) -> None:
+def test_api_waits_for_train_and_has_a_healthcheck_on_port_8000_and_grpc_on_8001(compose: dict[str, Any]) -> None:
     api = compose["services"]["api"]
     assert api["build"]["target"] == "serve"
     assert api["depends_on"]["train"]["condition"] == "service_completed_successfully"
     assert api["healthcheck"]["test"] == ["CMD", "mcserve-healthcheck"]
-    assert api["ports"] == ["${MCSERVE_BIND:-127.0.0.1}:${MCSERVE_API_PORT:-8000}:8000"]
+    assert api["ports"] == [
+        "${MCSERVE_BIND:-127.0.0.1}:${MCSERVE_API_PORT:-8000}:8000",
+        "${MCSERVE_BIND:-127.0.0.1}:${MCSERVE_API_GRPC_PORT:-8001}:8001",
+    ]
     assert api["environment"]["MCSERVE_PORT"] == "8000"
+    assert api["environment"]["MCSERVE_GRPC_PORT"] == "8001"
     assert "models:/models:ro" in api["volumes"]
 
 
@@ -76,4 +80,5 @@ def test_smoke_override_puts_every_running_service_on_host_network(
             assert service["ports"] == [], name  # `!reset []`
     assert smoke["grafana"]["profiles"]
     assert smoke["api"]["environment"]["MCSERVE_HOST"] == "127.0.0.1"
+    assert smoke["api"]["environment"]["MCSERVE_GRPC_PORT"].startswith("${MCSERVE_SMOKE_GRPC_PORT:-182")
     assert "127.0.0.1:" in " ".join(smoke["prometheus"]["command"])

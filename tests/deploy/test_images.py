@@ -53,6 +53,17 @@ def test_train_stage_has_data_training_extra_and_the_job() -> None:
     assert re.search(r"^USER mcserve$", train, re.M)
 
 
+def test_grpc_stubs_are_generated_by_a_throwaway_stage_the_serve_image_never_holds() -> None:
+    protogen, src, serve = stage("protogen"), stage("src-serve"), stage("serve")
+    assert "grpcio-tools" in protogen and "python /gen/service/v2/protogen.py" in protogen
+    assert "ARG PIP_NO_INDEX=" in protogen and "--mount=type=bind,source=deploy/wheelhouse" in protogen
+    assert "COPY --from=protogen /gen/service/v2/protos/" in src
+    assert "grpcio-tools" not in serve and "protogen.py" not in serve  # no compiler in the serve image
+    assert re.search(r"^EXPOSE 8000 8001$", serve, re.M) and "MCSERVE_GRPC_PORT=8001" in serve
+    ignored = (ROOT / ".dockerignore").read_text().split("\n")
+    assert "service/v2/protos/*_pb2.py" in ignored  # the build context never carries stubs from a checkout
+
+
 def test_torch_comes_from_the_cpu_index_by_default_and_pip_settings_are_build_args() -> None:
     for name in ("serve", "train"):
         text = stage(name)

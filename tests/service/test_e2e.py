@@ -49,10 +49,11 @@ def test_real_server_end_to_end(trained_artifact: Path, test_images: tuple[np.nd
             )
             assert http.post("/predict", json={"images": [[0] * 5]}).status_code == 422
             metrics = http.get("/metrics").text
-            assert 'mcserve_http_requests_total{method="POST",route="/predict",status="200"} 2.0' in metrics
-            assert 'mcserve_http_requests_total{method="POST",route="/predict/uncertainty",status="200"} 2.0' in metrics
-            assert 'mcserve_http_requests_total{method="POST",route="/predict",status="422"} 1.0' in metrics
-            assert "mcserve_mc_samples_sum 50.0" in metrics
+            rest = 'mcserve_http_requests_total{method="POST",protocol="rest",'
+            assert rest + 'route="/predict",status="200"} 2.0' in metrics
+            assert rest + 'route="/predict/uncertainty",status="200"} 2.0' in metrics
+            assert rest + 'route="/predict",status="422"} 1.0' in metrics
+            assert 'mcserve_mc_samples_sum{protocol="rest"} 50.0' in metrics
     finally:
         _stop(proc)
 
@@ -91,7 +92,7 @@ def _predict_count(counter_file: Path) -> float:
     """``/predict`` 200s recorded in one worker's counter file (prometheus-client's own reader)."""
     from prometheus_client.mmap_dict import MmapedDict
 
-    want = {"method": "POST", "route": "/predict", "status": "200"}
+    want = {"method": "POST", "route": "/predict", "status": "200", "protocol": "rest"}
     total = 0.0
     for key, value, _, _ in MmapedDict.read_all_values_from_file(str(counter_file)):
         _, sample, labels, _ = json.loads(key)
@@ -150,8 +151,13 @@ def test_several_workers_share_the_port_and_every_scrape_counts_all_of_them(
         for _ in range(4):  # whichever worker answers the scrape, it reports the sum over both
             with httpx.Client(base_url=base, timeout=30) as one:
                 text = one.get("/metrics").text
-            assert _sample(text, 'mcserve_http_requests_total{method="POST",route="/predict",status="200"}') == n
-            assert _sample(text, 'mcserve_batch_size_images_count{endpoint="predict"}') == n
+            assert (
+                _sample(
+                    text, 'mcserve_http_requests_total{method="POST",protocol="rest",route="/predict",status="200"}'
+                )
+                == n
+            )
+            assert _sample(text, 'mcserve_batch_size_images_count{endpoint="predict",protocol="rest"}') == n
             assert _sample(text, "mcserve_model_ready ") == 1.0
             assert _sample(text, "mcserve_http_requests_in_flight ") == 1.0  # the scrape itself
     finally:

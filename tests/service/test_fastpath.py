@@ -111,10 +111,12 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_prediction(
     assert served == n
     assert batches is not None and batches < n  # at least one pass served several requests
     requests = registry.get_sample_value(
-        "mcserve_http_requests_total", {"route": "/predict", "method": "POST", "status": "200"}
+        "mcserve_http_requests_total", {"route": "/predict", "method": "POST", "status": "200", "protocol": "rest"}
     )
     assert requests == n
-    assert registry.get_sample_value("mcserve_batch_size_images_count", {"endpoint": "predict"}) == n
+    assert (
+        registry.get_sample_value("mcserve_batch_size_images_count", {"endpoint": "predict", "protocol": "rest"}) == n
+    )
 
 
 def test_fast_path_requests_are_counted_like_route_requests(

@@ -1,0 +1,162 @@
+"""The transport-agnostic core every protocol adapter calls: limits, batched inference and the metrics.
+
+mcserve speaks three protocols: its own REST JSON (``service.routes`` and ``service.fastpath``), the
+Open Inference Protocol over HTTP (``service.v2.rest``) and over gRPC (``service.v2.grpc_server``).
+Each adapter only translates its wire format into pixel arrays and parameters and back; everything
+between is here, so a request costs, counts and answers the same whichever way it came in:
+
+* :meth:`Core.predict`: deterministic rows through the one :class:`~service.batching.MicroBatcher`,
+  so concurrent requests of every protocol share forward passes;
+* :meth:`Core.uncertainty`: Monte Carlo dropout in the engine's worker threads, under the same
+  concurrency limit, with the request's own seed (a seeded answer is the same through every protocol);
+* :meth:`Core.mc_limit_problem`: the one statement of the MC work limits;
+* the inference metrics, labelled by ``protocol``.
+
+Nothing here knows about HTTP or gRPC; errors are :class:`~service.errors.ServiceError`, which each
+adapter maps to its status codes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from .batching import BatchStats, MicroBatcher
+from .engine import Engine
+from .inference import MCResult
+from .metrics import MCSummary, Metrics
+
+T = TypeVar("T")
+SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63 (torch.Generator.manual_seed takes any 64-bit value)
+
+
+@dataclass(frozen=True)
+class MCOutcome:
+    """One Monte Carlo request's answer, before any encoding: summaries on CPU and the input-check scores."""
+
+    result: MCResult
+    residuals: np.ndarray | None  # (B,) float64 input-check scores; None when the artifact has no check
+    n_samples: int
+    seed: int
+    seconds: float  # model time
+
+
+class Core:
+    """Shared by every adapter of one application: the engine, the batcher and the metrics."""
+
+    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.settings = s = engine.settings
+        self.batcher = MicroBatcher(
+            engine.predict_scored,
+            max_images=s.batch_max_images,
+            max_wait_s=s.batch_max_wait_ms / 1000.0,
+            on_batch=self._on_batch,
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.engine.ready
+
+    def _on_batch(self, stats: BatchStats) -> None:
+        self.metrics.record_batch(stats.requests, stats.images)
+
+    def mc_limit_problem(self, n_samples: int, images: int) -> str | None:
+        """Why ``n_samples`` passes over ``images`` images may not run, or None when they may."""
+        s = self.settings
+        if not 1 <= n_samples <= s.max_samples:
+            return f"{n_samples} is out of range; it must be between 1 and {s.max_samples}"
+        if n_samples * images > s.max_work:
+            return (
+                f"{n_samples} passes x {images} images = {n_samples * images} exceeds the per-request work limit "
+                f"{s.max_work} (MCSERVE_MAX_WORK); send fewer images or fewer passes"
+            )
+        return None
+
+    async def predict(self, x: np.ndarray, protocol: str) -> np.ndarray:
+        """``(B, C + 1)`` float32 rows for pixels ``(B, 28, 28)``: probabilities, then the input check's score
+        (NaN without a check), from a forward pass shared with whatever else is queued. Records the metrics."""
+        start = time.perf_counter()
+        rows = await self.batcher.submit(x)
+        seconds = time.perf_counter() - start  # model time of the shared pass, plus time queued for it
+        loaded = self.engine.loaded
+        names, check = loaded.class_names, loaded.input_check
+        labels = [names[i] for i in rows[:, :-1].argmax(1).tolist()]
+        outliers: list[bool | None] = (
+            [None] * len(labels) if check is None else (rows[:, -1] > check.threshold).tolist()
+        )
+        self.metrics.record_predict(labels, outliers, seconds, protocol)
+        return rows
+
+    async def uncertainty(
+        self, x: np.ndarray, n_samples: int, seed: int | None, protocol: str, encode: Callable[[MCOutcome], T]
+    ) -> T:
+        """MC dropout over pixels ``(B, 28, 28)`` (limits already checked), ``encode``-d in the worker thread.
+
+        ``seed`` None draws a fresh one (echoed in the outcome). Records the metrics."""
+        seed = self.engine.fresh_seed() if seed is None else seed
+        summary, seconds, encoded = await self.engine.run(self._uncertainty, x, n_samples, seed, encode)
+        self.metrics.record_uncertainty(summary, seconds, protocol)
+        return encoded
+
+    def _uncertainty(
+        self, x: np.ndarray, n_samples: int, seed: int, encode: Callable[[MCOutcome], T]
+    ) -> tuple[MCSummary, float, T]:
+        engine = self.engine
+        start = time.perf_counter()
+        t = torch.from_numpy(x)
+        result = engine.predict_mc(t, n_samples, seed)
+        result = _to_cpu(result)
+        seconds = time.perf_counter() - start
+        residuals = engine.input_residuals_array(x)
+        outcome = MCOutcome(result, residuals, n_samples, seed, seconds)
+        return _summarise(engine, outcome), seconds, encode(outcome)
+
+
+def _to_cpu(result: MCResult) -> MCResult:
+    if result.mean_probs.device.type == "cpu":
+        return result
+    return MCResult(
+        mean_probs=result.mean_probs.cpu(),
+        variance=result.variance.cpu(),
+        std=result.std.cpu(),
+        predictive_entropy=result.predictive_entropy.cpu(),
+        expected_entropy=result.expected_entropy.cpu(),
+        mutual_information=result.mutual_information.cpu(),
+        n_samples=result.n_samples,
+    )
+
+
+def outliers_of(engine: Engine, residuals: np.ndarray | None, n: int) -> list[bool | None]:
+    """Per image: the input check's verdict on its score, or None when the artifact has no check."""
+    check = engine.loaded.input_check
+    if residuals is None or check is None:
+        return [None] * n
+    return [bool(r > check.threshold) for r in residuals.tolist()]
+
+
+def uncertain_flags(engine: Engine, mi: list[float], outliers: list[bool | None]) -> list[bool]:
+    """The one flag to act on: MI above the manifest's threshold, or an input outlier."""
+    threshold = engine.loaded.threshold
+    return [m > threshold or o is True for m, o in zip(mi, outliers, strict=True)]
+
+
+def _summarise(engine: Engine, outcome: MCOutcome) -> MCSummary:
+    result = outcome.result
+    names = engine.loaded.class_names
+    mi = result.mutual_information.tolist()
+    outliers = outliers_of(engine, outcome.residuals, len(mi))
+    return MCSummary(
+        labels=[names[i] for i in result.mean_probs.argmax(1).tolist()],
+        outliers=outliers,
+        predictive_entropy=result.predictive_entropy.tolist(),
+        mutual_information=mi,
+        uncertain=uncertain_flags(engine, mi, outliers),
+        n_samples=outcome.n_samples,
+    )

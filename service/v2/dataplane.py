@@ -1,0 +1,205 @@
+"""The v2 data plane: what every Open Inference Protocol call means, whatever carried it.
+
+Modelled on MLServer's ``DataPlane``, which its REST endpoints and gRPC servicer share: the HTTP and
+gRPC adapters parse their wire format into :mod:`service.v2.types`, call one method here and encode
+what comes back; errors are :class:`~service.errors.ServiceError` (HTTP status, mapped to a gRPC code
+by the gRPC adapter). Inference itself goes through :class:`service.core.Core`, the same core the
+REST API uses, so the eval model shares ``/predict``'s batches and the MC model gives
+``/predict/uncertainty``'s numbers for the same seed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ..core import SEED_LIMIT, Core, MCOutcome, outliers_of, uncertain_flags
+from ..errors import NotReadyError
+from .models import ModelSpec, model_config, model_metadata, model_specs
+from .stats import ModelStats
+from .tensors import V2Error, check_shape, images, int_parameter
+from .types import InferRequest, InferResponse, OutputTensor
+
+SERVER_NAME = "mcserve"
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics")  # exactly those implemented
+
+
+class DataPlane:
+    def __init__(self, core: Core, server_version: str) -> None:
+        self.core = core
+        self.server_version = server_version
+        self._specs: dict[str, ModelSpec] = {}
+        self._stats: dict[str, ModelStats] = {}
+
+    # ---- server -------------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.core.ready
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": self.server_version, "extensions": list(EXTENSIONS)}
+
+    # ---- models -------------------------------------------------------------------------------------
+    def _models(self) -> dict[str, ModelSpec]:
+        if not self._specs:
+            loaded = self.core.engine.loaded
+            for spec in model_specs(str(loaded.manifest["name"]), len(loaded.class_names)):
+                self._specs[spec.name] = spec
+                self._stats[spec.name] = ModelStats()
+        return self._specs
+
+    @property
+    def version(self) -> str:
+        return str(self.core.engine.loaded.manifest["version"])
+
+    def model(self, name: str, version: str | None) -> ModelSpec:
+        """The model ``name`` (at ``version``, if one is given), or 503 before loading, 404 if there is none."""
+        if not self.ready:
+            raise NotReadyError()
+        models = self._models()
+        spec = models.get(name)
+        if spec is None:
+            served = " and ".join(f"'{m}'" for m in models)
+            raise V2Error("model", f"unknown model '{name}'; this server serves {served}", status=404)
+        if version not in (None, "", self.version):
+            raise V2Error(
+                "model_version", f"model '{name}' has no version '{version}'; its version is '{self.version}'", 404
+            )
+        return spec
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        try:
+            self.model(name, version)
+        except NotReadyError:
+            return False
+        return True
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        return model_metadata(self.model(name, version), self.version)
+
+    def model_config(self, name: str, version: str | None) -> dict[str, Any]:
+        s = self.core.settings
+        return model_config(self.model(name, version), s.max_batch, round(s.batch_max_wait_ms * 1000))
+
+    def model_statistics(self, name: str | None, version: str | None) -> list[dict[str, Any]]:
+        """Triton's statistics extension: one entry per model (every model when ``name`` is empty)."""
+        names = [self.model(name, version).name] if name else list(self._models()) if self.ready else []
+        return [self._stats[n].to_json(n, self.version) for n in names]
+
+    # ---- inference ----------------------------------------------------------------------------------
+    async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
+        spec = self.model(request.model_name, request.model_version)
+        stats = self._stats[spec.name]
+        start = time.perf_counter_ns()
+        try:
+            response = await self._infer(spec, request, protocol, stats)
+        except Exception:
+            stats.failed(time.perf_counter_ns() - start)
+            raise
+        stats.succeeded(time.perf_counter_ns() - start, len(response.outputs[0].array) if response.outputs else 0)
+        return response
+
+    async def _infer(self, spec: ModelSpec, request: InferRequest, protocol: str, stats: ModelStats) -> InferResponse:
+        s = self.core.settings
+        wanted = _requested(spec, request)
+        unknown = sorted(set(request.parameters) - set(spec.parameters))
+        if unknown:
+            takes = f"takes {', '.join(spec.parameters)}" if spec.parameters else "takes no parameters"
+            raise V2Error(f"parameter '{unknown[0]}'", f"is not a parameter of model '{spec.name}', which {takes}")
+        if len(request.inputs) != 1 or request.inputs[0].name != "images":
+            names = [t.name for t in request.inputs]
+            if not names:
+                raise V2Error("inputs", "the request has no inputs; send one input named 'images'")
+            other = next((n for n in names if n != "images"), None)
+            if other is not None:
+                raise V2Error(f"input '{other}'", f"is not an input of model '{spec.name}'; its only input is 'images'")
+            raise V2Error("inputs", "input 'images' is given more than once")
+        n, seed = s.default_samples, None
+        if spec.mc:  # parameters before pixels: a refused request costs no decoding
+            n = int_parameter(request.parameters, "mc_samples", s.default_samples, 1, s.max_samples) or n
+            seed = int_parameter(request.parameters, "seed", None, 0, SEED_LIMIT - 1)
+            problem = self.core.mc_limit_problem(n, check_shape(request.inputs[0], s.max_batch))
+            if problem is not None:
+                raise V2Error("parameter 'mc_samples'", problem)
+        t0 = time.perf_counter_ns()
+        x = images(request.inputs[0], s.max_batch)
+        stats.timed("compute_input", time.perf_counter_ns() - t0)
+        t1 = time.perf_counter_ns()
+        if spec.mc:
+            outputs, parameters = await self._mc(spec, x, n, seed, protocol)
+        else:
+            outputs, parameters = self._eval(spec, await self.core.predict(x, protocol)), {}
+        stats.timed("compute_infer", time.perf_counter_ns() - t1)
+        selected = [outputs[name] for name in wanted]
+        return InferResponse(spec.name, self.version, selected, parameters, request.id)
+
+    def _eval(self, spec: ModelSpec, rows: np.ndarray) -> dict[str, OutputTensor]:
+        loaded = self.core.engine.loaded
+        probs = np.ascontiguousarray(rows[:, :-1])
+        residual = np.ascontiguousarray(rows[:, -1])
+        check = loaded.input_check
+        outlier = np.zeros(len(rows), dtype=np.bool_) if check is None else residual > check.threshold
+        return _named(
+            spec,
+            probabilities=probs,
+            class_id=probs.argmax(1).astype(np.int64),
+            input_residual=residual,
+            input_outlier=outlier,
+        )
+
+    async def _mc(
+        self, spec: ModelSpec, x: np.ndarray, n: int, seed: int | None, protocol: str
+    ) -> tuple[dict[str, OutputTensor], dict[str, Any]]:
+        engine = self.core.engine
+
+        def encode(outcome: MCOutcome) -> tuple[dict[str, OutputTensor], dict[str, Any]]:
+            r = outcome.result
+            mean = r.mean_probs.numpy()
+            mi = r.mutual_information.numpy()
+            outliers = outliers_of(engine, outcome.residuals, len(mean))
+            residual = outcome.residuals
+            outputs = _named(
+                spec,
+                mean_probabilities=mean,
+                variance=r.variance.numpy(),
+                std=r.std.numpy(),
+                predictive_entropy=r.predictive_entropy.numpy(),
+                expected_entropy=r.expected_entropy.numpy(),
+                mutual_information=mi,
+                uncertain=np.array(uncertain_flags(engine, mi.tolist(), outliers), dtype=np.bool_),
+                class_id=mean.argmax(1).astype(np.int64),
+                input_residual=(np.full(len(mean), np.nan) if residual is None else residual).astype(np.float32),
+                input_outlier=np.array([o is True for o in outliers], dtype=np.bool_),
+            )
+            return outputs, {"mc_samples": outcome.n_samples, "seed": outcome.seed}
+
+        return await self.core.uncertainty(x, n, seed, protocol, encode)
+
+
+def _named(spec: ModelSpec, **arrays: np.ndarray) -> dict[str, OutputTensor]:
+    return {
+        o.name: OutputTensor(o.name, o.datatype, np.ascontiguousarray(arrays[o.name], dtype=_dtype(o.datatype)))
+        for o in spec.outputs
+    }
+
+
+def _dtype(datatype: str) -> type:
+    return {"FP32": np.float32, "INT64": np.int64, "BOOL": np.bool_}[datatype]
+
+
+def _requested(spec: ModelSpec, request: InferRequest) -> list[str]:
+    if request.outputs is None or not request.outputs:
+        return list(spec.output_names)
+    names = []
+    for out in request.outputs:
+        if out.name not in spec.output_names:
+            raise V2Error(
+                f"output '{out.name}'",
+                f"is not an output of model '{spec.name}'; its outputs are {', '.join(spec.output_names)}",
+            )
+        if out.name in names:
+            raise V2Error(f"output '{out.name}'", "is requested more than once")
+        names.append(out.name)
+    return names

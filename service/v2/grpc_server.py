@@ -1,0 +1,256 @@
+"""The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health``.
+
+A ``grpc.aio`` server on ``MCSERVE_GRPC_PORT`` inside the HTTP server's process and event loop: it is
+started and stopped by the application's lifespan (SIGTERM drains both), and its inferences share the
+REST API's batches. The servicer only translates protobuf to :mod:`service.v2.types` and back; every
+:class:`~service.errors.ServiceError` becomes the gRPC status of its HTTP status (:data:`GRPC_CODES`).
+Outputs go back in ``raw_output_contents`` (tritonclient reads only those); inputs may come as
+``raw_input_contents`` or typed ``contents``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ..errors import ServiceError
+from .dataplane import DataPlane
+from .stubs import SERVICE_NAME, pb, pb_grpc
+from .tensors import V2Error
+from .types import DTYPES, InferRequest, InferResponse, InputTensor, RequestedOutput
+
+log = logging.getLogger("service")
+R = TypeVar("R")
+
+# HTTP status of a ServiceError -> gRPC status code (and back, for the metrics' ``status`` label).
+GRPC_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    405: grpc.StatusCode.UNIMPLEMENTED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+_HTTP_OF = {
+    grpc.StatusCode.OK: "200",
+    grpc.StatusCode.INVALID_ARGUMENT: "400",
+    grpc.StatusCode.NOT_FOUND: "404",
+    grpc.StatusCode.UNIMPLEMENTED: "501",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "429",
+    grpc.StatusCode.UNAVAILABLE: "503",
+    grpc.StatusCode.CANCELLED: "499",
+}
+# typed contents field per datatype (the protocol's InferTensorContents)
+_CONTENTS = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def _parameters(params: Any, field: str) -> dict[str, Any]:
+    """A protobuf ``map<string, InferParameter>`` as plain Python values."""
+    out: dict[str, Any] = {}
+    for key, p in params.items():
+        kind = p.WhichOneof("parameter_choice")
+        if kind is None:
+            raise V2Error(f"{field} '{key}'", "has no value")
+        out[key] = getattr(p, kind)
+    return out
+
+
+def _parameter(value: Any) -> Any:
+    if isinstance(value, bool):
+        return pb.InferParameter(bool_param=value)
+    if isinstance(value, int):
+        return pb.InferParameter(int64_param=value) if value < 2**63 else pb.InferParameter(uint64_param=value)
+    if isinstance(value, float):
+        return pb.InferParameter(double_param=value)
+    return pb.InferParameter(string_param=str(value))
+
+
+def parse_infer(request: Any) -> InferRequest:
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise V2Error("raw_input_contents", f"has {len(raw)} entries for {len(request.inputs)} inputs; send one each")
+    inputs = []
+    for i, t in enumerate(request.inputs):
+        data: bytes | np.ndarray | None
+        if raw:
+            if t.HasField("contents"):
+                raise V2Error(f"input '{t.name}'", "has both contents and raw_input_contents; send one")
+            data = raw[i]
+        elif t.HasField("contents"):
+            name = _CONTENTS.get(t.datatype)
+            dtype = DTYPES.get(t.datatype)
+            values = getattr(t.contents, name) if name else ()
+            data = np.asarray(values, dtype=dtype) if dtype is not None and name else None
+            if data is not None and data.size == 0:
+                data = None
+        else:
+            data = None
+        _parameters(t.parameters, f"input '{t.name}' parameter")  # checked for well-formedness only
+        if t.parameters:
+            raise V2Error(f"input '{t.name}'", f"unknown parameter '{sorted(t.parameters)[0]}'")
+        inputs.append(InputTensor(t.name, t.datatype, list(t.shape), data))
+    outputs = [RequestedOutput(o.name) for o in request.outputs] or None
+    for o in request.outputs:
+        if o.parameters:
+            raise V2Error(f"output '{o.name}'", f"parameter '{sorted(o.parameters)[0]}' is not supported")
+    parameters = _parameters(request.parameters, "parameter")
+    return InferRequest(
+        request.model_name, request.model_version or None, inputs, outputs, parameters, request.id or None
+    )
+
+
+def encode_infer(response: InferResponse) -> Any:
+    out = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version)
+    if response.id is not None:
+        out.id = response.id
+    for key, value in response.parameters.items():
+        out.parameters[key].CopyFrom(_parameter(value))
+    for tensor in response.outputs:
+        out.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        out.raw_output_contents.append(tensor.array.tobytes())
+    return out
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """Each RPC: one :class:`DataPlane` call, its errors as gRPC statuses, its count in the metrics."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.metrics = plane.core.metrics
+
+    async def _call(self, method: str, context: Any, work: Callable[[], Awaitable[R]]) -> R:
+        start = time.perf_counter()
+        status = grpc.StatusCode.OK
+        self.metrics.in_flight.inc()
+        try:
+            return await work()
+        except ServiceError as exc:
+            status = GRPC_CODES.get(exc.status, grpc.StatusCode.INTERNAL)
+            await context.abort(status, exc.message)
+            raise  # abort raises; never reached
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            status = grpc.StatusCode.INTERNAL
+            log.exception("unhandled error in gRPC %s", method)
+            await context.abort(status, "internal server error; the request was not processed")
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            route = f"/{SERVICE_NAME}/{method}"
+            code = _HTTP_OF.get(status, "500")
+            self.metrics.record_http(route, "POST", code, time.perf_counter() - start, "v2_grpc")
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return await self._call("ServerLive", context, _const(pb.ServerLiveResponse(live=True)))
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            return pb.ServerReadyResponse(ready=self.plane.ready)
+
+        return await self._call("ServerReady", context, work)
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version or None))
+
+        return await self._call("ModelReady", context, work)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            return pb.ServerMetadataResponse(**self.plane.server_metadata())
+
+        return await self._call("ServerMetadata", context, work)
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            meta = self.plane.model_metadata(request.name, request.version or None)
+            return json_format.ParseDict(meta, pb.ModelMetadataResponse())
+
+        return await self._call("ModelMetadata", context, work)
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            config = self.plane.model_config(request.name, request.version or None)
+            return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
+
+        return await self._call("ModelConfig", context, work)
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            stats = self.plane.model_statistics(request.name or None, request.version or None)
+            return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
+
+        return await self._call("ModelStatistics", context, work)
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            return encode_infer(await self.plane.infer(parse_infer(request), "v2_grpc"))
+
+        return await self._call("ModelInfer", context, work)
+
+
+def _const(value: Any) -> Callable[[], Awaitable[Any]]:
+    async def work() -> Any:
+        return value
+
+    return work
+
+
+class GrpcServer:
+    """The gRPC server of one application: bound at startup (a clash fails startup), drained at shutdown."""
+
+    def __init__(self, plane: DataPlane, host: str, port: int, max_message_bytes: int, reuse_port: bool) -> None:
+        self.plane = plane
+        self.address = f"{host}:{port}"
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),  # only workers of one server share the port
+        ]
+        self.server = grpc.aio.server(options=options)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = 0
+
+    async def start(self) -> None:
+        try:
+            self.port = self.server.add_insecure_port(self.address)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"cannot listen for gRPC on {self.address} ({exc}); free the port, or set MCSERVE_GRPC_PORT "
+                "to another port (0 turns gRPC off)"
+            ) from None
+        await self.server.start()
+        serving = health_pb2.HealthCheckResponse
+        status = serving.SERVING if self.plane.ready else serving.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+        log.info("v2 gRPC (%s, grpc.health.v1.Health) listening on %s", SERVICE_NAME, self.address)
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new calls, give in-flight ones ``grace_s`` seconds, then close."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
