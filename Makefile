@@ -6,10 +6,17 @@ TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install test test-fast test-load lint train serve run bench compose-smoke clean
 
-install: $(VENV)/.installed
+STUBS       := service/v2/protos/inference_pb2_grpc.py
+
+install: $(VENV)/.installed $(STUBS)
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	VENV=$(VENV) TORCH_SPEC="$(TORCH_SPEC)" bash scripts/install.sh
+	touch $@
+
+# The v2 gRPC stubs (git-ignored; scripts/install.sh writes them too): regenerated when a .proto file changes.
+$(STUBS): $(wildcard service/v2/protos/*.proto) service/v2/protogen.py | $(VENV)/.installed
+	$(PY) service/v2/protogen.py
 	touch $@
 
 lint: install

@@ -18,11 +18,12 @@ source scripts/ci_docker_lib.sh
 
 PROJECT=mcserve-smoke
 API_PORT=${MCSERVE_SMOKE_API_PORT:-18200}
+GRPC_PORT=${MCSERVE_SMOKE_GRPC_PORT:-18201}
 PROM_PORT=${MCSERVE_SMOKE_PROM_PORT:-18290}
 SERVE_TORCH_SPEC=${SERVE_TORCH_SPEC:-torch==2.13.0+cpu}             # /opt/wheels: CPU-only build
 TRAIN_TORCH_SPEC=${TRAIN_TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
 TRAIN_TIMEOUT_S=${TRAIN_TIMEOUT_S:-900}
-export MCSERVE_SMOKE_API_PORT=$API_PORT MCSERVE_SMOKE_PROM_PORT=$PROM_PORT
+export MCSERVE_SMOKE_API_PORT=$API_PORT MCSERVE_SMOKE_GRPC_PORT=$GRPC_PORT MCSERVE_SMOKE_PROM_PORT=$PROM_PORT
 export DOCKER_BUILDKIT=1 COMPOSE_PROJECT_NAME=$PROJECT
 mkdir -p "$CI_RUN"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mcserve-smoke.XXXXXX")
@@ -94,6 +95,8 @@ check_images() {  # the serve image holds the service only and runs unprivileged
   out=$("$DOCKER_BIN" run --rm --network host --entrypoint sh mcserve-api:latest -c '
     id -u
     python -c "import service, mcnet, torch; print(torch.__version__)"
+    python -c "import service.v2.stubs" || echo NO_GRPC_STUBS
+    python -c "import grpc_tools" 2>/dev/null && echo HAS_GRPC_TOOLS
     python -c "import training" 2>/dev/null && echo HAS_TRAINING
     python -c "import torchvision" 2>/dev/null && echo HAS_TORCHVISION
     ls /usr/share/datasets 2>/dev/null && echo HAS_DATA
@@ -101,6 +104,7 @@ check_images() {  # the serve image holds the service only and runs unprivileged
   echo "serve image: uid $(echo "$out" | sed -n 1p), torch $(echo "$out" | sed -n 2p)"
   [ "$(echo "$out" | sed -n 1p)" != 0 ] || { echo "serve image runs as root" >&2; return 1; }
   ! echo "$out" | grep -E 'HAS_(TRAINING|TORCHVISION|DATA)' >&2 || { echo "serve image holds training code/torchvision/data" >&2; return 1; }
+  ! echo "$out" | grep -E 'NO_GRPC_STUBS|HAS_GRPC_TOOLS' >&2 || { echo "serve image: no gRPC stubs, or grpcio-tools" >&2; return 1; }
   "$DOCKER_BIN" image inspect --format '{{json .Config.Healthcheck.Test}}' mcserve-api:latest | grep -q readyz \
     || "$DOCKER_BIN" image inspect --format '{{json .Config.Healthcheck.Test}}' mcserve-api:latest | grep -q mcserve-healthcheck \
     || { echo "serve image has no HEALTHCHECK" >&2; return 1; }
@@ -134,7 +138,7 @@ overrides_render() {  # the overrides the smoke test does not run still have to 
 
 port_free() {
   local port
-  for port in "$API_PORT" "$PROM_PORT"; do
+  for port in "$API_PORT" "$GRPC_PORT" "$PROM_PORT"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "port 127.0.0.1:$port is already in use" >&2
       return 1
@@ -177,6 +181,26 @@ wait_healthy() {
   return 1
 }
 
+grpc_requests() {  # v2 gRPC from inside the serve image (it has grpcio and the stubs; the host need not)
+  compose exec -T api python - "$GRPC_PORT" <<'PYEOF'
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.v2.stubs import pb, pb_grpc
+
+with grpc.insecure_channel(f"127.0.0.1:{sys.argv[1]}") as channel:
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+    assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+    meta = stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=10)
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING, health
+    print(f"v2 gRPC on :{sys.argv[1]}: live, ready, health SERVING, server {meta.name} {meta.version}")
+PYEOF
+}
+
 artifact_digest() { compose run -T --rm --no-deps --entrypoint sh train -c 'sha256sum /models/current/*' | sha256sum; }
 
 retrain_is_noop() {  # a second `train` finds the valid artifact and leaves it untouched
@@ -201,11 +225,12 @@ step "drop dangling images from earlier builds" "$DOCKER_BIN" image prune -f
 step "check images (contents, user, healthcheck, sizes)" check_images
 step "prometheus config for host networking" prometheus_config
 step "compose files valid (smoke, gpu, grafana-admin overrides)" overrides_render
-step "ports $API_PORT/$PROM_PORT free" port_free
+step "ports $API_PORT/$GRPC_PORT/$PROM_PORT free" port_free
 step "docker compose up -d: train runs to completion, then api + prometheus start" compose_up
 step "train exited 0" wait_train
 step "api healthy (/readyz)" wait_healthy
 step "POST /predict and /predict/uncertainty" python3 scripts/smoke_requests.py --url "http://127.0.0.1:$API_PORT"
+step "v2 gRPC: ServerLive, ServerReady, ServerMetadata, grpc.health.v1 (in the api container)" grpc_requests
 step "prometheus: up == 1, rules, every dashboard query" \
   python3 scripts/check_prometheus.py --url "http://127.0.0.1:$PROM_PORT" --dashboard deploy/grafana/dashboards/mcserve.json
 step "train again: valid artifact kept" retrain_is_noop

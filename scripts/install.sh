@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the local path need: Debian packages (the real
 # Fashion-MNIST, Prometheus for promtool and live scrape tests, wrk for benchmarks)
-# and a virtual environment with torch and the project.
+# and a virtual environment with torch and the project, with its generated gRPC stubs.
 set -euo pipefail
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
@@ -23,4 +23,7 @@ fi
 # shellcheck disable=SC2086
 "$VENV/bin/python" -m pip install -q $TORCH_SPEC
 "$VENV/bin/python" -m pip install -q -e ".[train,dev]"
+# The v2 gRPC stubs from service/v2/protos/*.proto (git-ignored, never edited). Run as a file, the way
+# `python -m service.v2.protogen` does it, but without importing the service package first.
+"$VENV/bin/python" service/v2/protogen.py
 echo "install: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -48,6 +49,23 @@ def _metrics_dir(configured: Path | None) -> tuple[Path, bool]:
     return configured, False
 
 
+def _grpc_port_problem(settings: Settings) -> str | None:
+    """Why the v2 gRPC port cannot be bound, found before loading anything (the server binds it at startup)."""
+    if not settings.grpc_port:
+        return None
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: closed connections do not count
+        try:
+            sock.bind((settings.host, settings.grpc_port))
+        except OSError as exc:
+            return (
+                f"MCSERVE_GRPC_PORT={settings.grpc_port}: cannot listen on {settings.host}:{settings.grpc_port} "
+                f"({exc.strerror or exc}); free the port, pick another, or set MCSERVE_GRPC_PORT=0 to turn gRPC off"
+            )
+    return None
+
+
 def main() -> int:
     try:
         settings = Settings()
@@ -62,6 +80,9 @@ def main() -> int:
 
     from .engine import DeviceError, Engine
 
+    problem = _grpc_port_problem(settings)
+    if problem is not None:
+        return _fail(problem)
     engine = Engine(settings)
     try:
         engine.load()

@@ -67,15 +67,16 @@ class Core:
     def _on_batch(self, stats: BatchStats) -> None:
         self.metrics.record_batch(stats.requests, stats.images)
 
-    def mc_limit_problem(self, n_samples: int, images: int) -> str | None:
-        """Why ``n_samples`` passes over ``images`` images may not run, or None when they may."""
+    def mc_limit_problem(self, n_samples: int, images: int, name: str = "n_samples") -> str | None:
+        """Why ``n_samples`` passes over ``images`` images may not run, or None when they may (``name``: what the
+        adapter calls the number of passes)."""
         s = self.settings
         if not 1 <= n_samples <= s.max_samples:
             return f"{n_samples} is out of range; it must be between 1 and {s.max_samples}"
         if n_samples * images > s.max_work:
             return (
-                f"{n_samples} passes x {images} images = {n_samples * images} exceeds the per-request work limit "
-                f"{s.max_work} (MCSERVE_MAX_WORK); send fewer images or fewer passes"
+                f"{name} x images = {n_samples} x {images} = {n_samples * images} exceeds the per-request work limit "
+                f"{s.max_work}; send fewer images or fewer samples"
             )
         return None
 

@@ -18,7 +18,8 @@ from typing import Any
 DATASOURCE = {"type": "prometheus", "uid": "mcserve-prometheus"}
 OUT = Path(__file__).resolve().parent / "dashboards" / "mcserve.json"
 RATE = "$__rate_interval"
-PREDICT_ROUTES = 'route=~"/predict.*"'
+# inference routes of every protocol: REST, v2 HTTP (/v2/models/{model_name}[/versions/..]/infer), v2 gRPC ModelInfer
+PREDICT_ROUTES = 'route=~"/predict.*|.*/infer|.*/ModelInfer"'
 
 Panel = dict[str, Any]
 
@@ -106,6 +107,14 @@ def panels() -> list[Panel]:
             "HTTP requests per second by route template.",
         ),
         panel(
+            "Request rate by protocol",
+            "timeseries",
+            [target(f"sum by (protocol) ({rate_all})", "{{protocol}}", "A")],
+            "reqps",
+            "Requests per second by protocol: rest (mcserve's JSON API), v2_http and v2_grpc "
+            "(Open Inference Protocol).",
+        ),
+        panel(
             "Errors by route and status",
             "timeseries",
             [
@@ -130,7 +139,7 @@ def panels() -> list[Panel]:
             "timeseries",
             quantiles("mcserve_http_request_duration_seconds", "route", PREDICT_ROUTES),
             "s",
-            "End-to-end HTTP latency by route (alert: p99 above 1 s for 10 min).",
+            "End-to-end latency of the inference routes of every protocol (alert: p99 above 1 s for 10 min).",
         ),
         panel(
             "Inference latency p50/p95/p99",

@@ -52,6 +52,12 @@ class DataPlane:
 
     @property
     def version(self) -> str:
+        """The v2 model version: the manifest's version read as the hexadecimal number it is (``27c2d976c8aa`` ->
+        ``43718405417130``). Triton's versions are integers and perf_analyzer parses them as such."""
+        return v2_version(str(self.core.engine.loaded.manifest["version"]))
+
+    @property
+    def manifest_version(self) -> str:
         return str(self.core.engine.loaded.manifest["version"])
 
     def model(self, name: str, version: str | None) -> ModelSpec:
@@ -63,9 +69,12 @@ class DataPlane:
         if spec is None:
             served = " and ".join(f"'{m}'" for m in models)
             raise V2Error("model", f"unknown model '{name}'; this server serves {served}", status=404)
-        if version not in (None, "", self.version):
+        if version not in (None, "", self.version, self.manifest_version):
             raise V2Error(
-                "model_version", f"model '{name}' has no version '{version}'; its version is '{self.version}'", 404
+                "model_version",
+                f"model '{name}' has no version '{version}'; its version is '{self.version}' "
+                f"(the manifest's '{self.manifest_version}')",
+                404,
             )
         return spec
 
@@ -104,7 +113,9 @@ class DataPlane:
     async def _infer(self, spec: ModelSpec, request: InferRequest, protocol: str, stats: ModelStats) -> InferResponse:
         s = self.core.settings
         wanted = _requested(spec, request)
-        unknown = sorted(set(request.parameters) - set(spec.parameters))
+        # Triton's reserved "triton_" parameters (perf_analyzer sends triton_enable_empty_final_response) steer
+        # decoupled and streaming models, which these are not: accepted and ignored, like Triton does for them
+        unknown = sorted(k for k in request.parameters if k not in spec.parameters and not k.startswith("triton_"))
         if unknown:
             takes = f"takes {', '.join(spec.parameters)}" if spec.parameters else "takes no parameters"
             raise V2Error(f"parameter '{unknown[0]}'", f"is not a parameter of model '{spec.name}', which {takes}")
@@ -120,19 +131,26 @@ class DataPlane:
         if spec.mc:  # parameters before pixels: a refused request costs no decoding
             n = int_parameter(request.parameters, "mc_samples", s.default_samples, 1, s.max_samples) or n
             seed = int_parameter(request.parameters, "seed", None, 0, SEED_LIMIT - 1)
-            problem = self.core.mc_limit_problem(n, check_shape(request.inputs[0], s.max_batch))
+            problem = self.core.mc_limit_problem(n, check_shape(request.inputs[0], s.max_batch), "mc_samples")
             if problem is not None:
                 raise V2Error("parameter 'mc_samples'", problem)
         t0 = time.perf_counter_ns()
         x = images(request.inputs[0], s.max_batch)
-        stats.timed("compute_input", time.perf_counter_ns() - t0)
         t1 = time.perf_counter_ns()
         if spec.mc:
-            outputs, parameters = await self._mc(spec, x, n, seed, protocol)
+            outcome = await self.core.uncertainty(x, n, seed, protocol, _keep)
+            t2 = time.perf_counter_ns()
+            outputs = self._mc(spec, outcome)
+            parameters: dict[str, Any] = {"mc_samples": outcome.n_samples, "seed": outcome.seed}
         else:
-            outputs, parameters = self._eval(spec, await self.core.predict(x, protocol)), {}
-        stats.timed("compute_infer", time.perf_counter_ns() - t1)
+            rows = await self.core.predict(x, protocol)
+            t2 = time.perf_counter_ns()
+            outputs, parameters = self._eval(spec, rows), {}
         selected = [outputs[name] for name in wanted]
+        # Triton counts compute phases of successful requests only, the same number of each
+        stats.timed("compute_input", t1 - t0)
+        stats.timed("compute_infer", t2 - t1)
+        stats.timed("compute_output", time.perf_counter_ns() - t2)
         return InferResponse(spec.name, self.version, selected, parameters, request.id)
 
     def _eval(self, spec: ModelSpec, rows: np.ndarray) -> dict[str, OutputTensor]:
@@ -149,33 +167,40 @@ class DataPlane:
             input_outlier=outlier,
         )
 
-    async def _mc(
-        self, spec: ModelSpec, x: np.ndarray, n: int, seed: int | None, protocol: str
-    ) -> tuple[dict[str, OutputTensor], dict[str, Any]]:
+    def _mc(self, spec: ModelSpec, outcome: MCOutcome) -> dict[str, OutputTensor]:
         engine = self.core.engine
+        r = outcome.result
+        mean = r.mean_probs.numpy()
+        mi = r.mutual_information.numpy()
+        outliers = outliers_of(engine, outcome.residuals, len(mean))
+        residual = outcome.residuals
+        return _named(
+            spec,
+            mean_probabilities=mean,
+            variance=r.variance.numpy(),
+            std=r.std.numpy(),
+            predictive_entropy=r.predictive_entropy.numpy(),
+            expected_entropy=r.expected_entropy.numpy(),
+            mutual_information=mi,
+            uncertain=np.array(uncertain_flags(engine, mi.tolist(), outliers), dtype=np.bool_),
+            class_id=mean.argmax(1).astype(np.int64),
+            input_residual=(np.full(len(mean), np.nan) if residual is None else residual).astype(np.float32),
+            input_outlier=np.array([o is True for o in outliers], dtype=np.bool_),
+        )
 
-        def encode(outcome: MCOutcome) -> tuple[dict[str, OutputTensor], dict[str, Any]]:
-            r = outcome.result
-            mean = r.mean_probs.numpy()
-            mi = r.mutual_information.numpy()
-            outliers = outliers_of(engine, outcome.residuals, len(mean))
-            residual = outcome.residuals
-            outputs = _named(
-                spec,
-                mean_probabilities=mean,
-                variance=r.variance.numpy(),
-                std=r.std.numpy(),
-                predictive_entropy=r.predictive_entropy.numpy(),
-                expected_entropy=r.expected_entropy.numpy(),
-                mutual_information=mi,
-                uncertain=np.array(uncertain_flags(engine, mi.tolist(), outliers), dtype=np.bool_),
-                class_id=mean.argmax(1).astype(np.int64),
-                input_residual=(np.full(len(mean), np.nan) if residual is None else residual).astype(np.float32),
-                input_outlier=np.array([o is True for o in outliers], dtype=np.bool_),
-            )
-            return outputs, {"mc_samples": outcome.n_samples, "seed": outcome.seed}
 
-        return await self.core.uncertainty(x, n, seed, protocol, encode)
+def _keep(outcome: MCOutcome) -> MCOutcome:
+    return outcome
+
+
+def v2_version(manifest_version: str) -> str:
+    """A decimal integer string for a manifest version: itself if it is one, else its value as hexadecimal."""
+    if manifest_version.isdigit():
+        return manifest_version
+    try:
+        return str(int(manifest_version, 16))
+    except ValueError:
+        return manifest_version  # not a number at all: served as it is (perf_analyzer then needs -x)
 
 
 def _named(spec: ModelSpec, **arrays: np.ndarray) -> dict[str, OutputTensor]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from service.metrics import Metrics
+from service.metrics import MCSummary, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 METRIC = re.compile(r"\bmcserve_[a-z_]+\b")
@@ -24,10 +24,10 @@ def exported_sample_names() -> set[str]:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     metrics.set_model("m", "v", "s", "cpu")
-    metrics.requests.labels(route="/x", method="GET", status="200").inc()
-    metrics.request_latency.labels(route="/x").observe(0.1)
-    metrics.inference_latency.labels(endpoint="predict").observe(0.1)
-    metrics.record_predictions("predict", [{"label": "Bag", "input_outlier": True}])
+    metrics.record_http("/x", "GET", "200", 0.1, "rest")
+    metrics.inference_latency.labels(endpoint="predict", protocol="rest").observe(0.1)
+    metrics.record_predictions("predict", ["Bag"], [True], "rest")
+    metrics.record_uncertainty(MCSummary(["Bag"], [True], [0.5], [0.1], [True], 10), 0.1, "rest")
     return {s.name for family in registry.collect() for s in family.samples}
 
 

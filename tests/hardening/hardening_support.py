@@ -58,6 +58,7 @@ def service_env(model_dir: Path | str, port: int, **settings: object) -> dict[st
             "MCSERVE_PORT": str(port),
             "MCSERVE_LOG_LEVEL": "warning",
             "MCSERVE_TORCH_THREADS": "1",
+            "MCSERVE_GRPC_PORT": "0",  # these servers are about HTTP; tests/service/v2 covers gRPC
         }
     )
     env.update({f"MCSERVE_{k.upper()}": str(v) for k, v in settings.items()})

@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -86,6 +87,17 @@ def _bad_setting(d: Path) -> dict[str, str]:
     return {"MCSERVE_MAX_BATCH": "0"}
 
 
+def _grpc_port_taken(d: Path) -> dict[str, str]:
+    """Something else already listens on the gRPC port (the socket stays open for the test's lifetime)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    _HELD.append(sock)
+    return {"MCSERVE_GRPC_PORT": str(sock.getsockname()[1])}
+
+
+_HELD: list[socket.socket] = []
+
 CASES: list[tuple[str, Breaker, str]] = [
     ("missing weights", _missing_weights, "weights file is missing"),
     ("truncated weights", _truncated_weights, "model.safetensors"),
@@ -97,6 +109,7 @@ CASES: list[tuple[str, Breaker, str]] = [
     ("model dir missing", _dir_missing, "does not exist"),
     ("MCSERVE_DEVICE=cuda without a GPU", _cuda_without_gpu, "CUDA device"),
     ("bad setting", _bad_setting, "MCSERVE_MAX_BATCH"),
+    ("gRPC port already in use", _grpc_port_taken, "MCSERVE_GRPC_PORT"),
 ]
 
 
