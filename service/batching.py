@@ -57,6 +57,7 @@ class MicroBatcher:
         self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
         self._queued_images = 0
         self._timer: asyncio.Handle | None = None
+        self._started: dict[asyncio.Future[np.ndarray], float] = {}  # submit_timed's futures -> forward start
 
     @property
     def queued_requests(self) -> int:
@@ -65,6 +66,17 @@ class MicroBatcher:
     async def submit(self, x: np.ndarray) -> np.ndarray:
         """The ``forward`` rows for ``x``, computed together with whatever else is queued."""
         return await self.enqueue(x)
+
+    async def submit_timed(self, x: np.ndarray) -> tuple[np.ndarray, float]:
+        """:meth:`submit`, and the seconds ``x`` waited in the queue before its forward pass started."""
+        queued = time.perf_counter()
+        future = self.enqueue(x)
+        self._started[future] = queued
+        try:
+            rows = await future
+        finally:
+            started = self._started.pop(future, queued)
+        return rows, max(started - queued, 0.0)
 
     def enqueue(self, x: np.ndarray) -> asyncio.Future[np.ndarray]:
         """Queue ``x`` and return the future of its rows (for callers that cannot await; on the loop's thread)."""
@@ -117,6 +129,10 @@ class MicroBatcher:
 
     def _run(self, batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:
         start = time.perf_counter()
+        if self._started:
+            for _, future in batch:
+                if future in self._started:
+                    self._started[future] = start
         try:
             xs = [x for x, _ in batch]
             out = self.forward(xs[0] if len(xs) == 1 else np.concatenate(xs))

@@ -32,6 +32,7 @@ class DataPlane:
         self.server_version = server_version
         self._specs: dict[str, ModelSpec] = {}
         self._stats: dict[str, ModelStats] = {}
+        self._version: tuple[str, str] | None = None  # (manifest version, v2 version)
 
     # ---- server -------------------------------------------------------------------------------------
     @property
@@ -54,7 +55,10 @@ class DataPlane:
     def version(self) -> str:
         """The v2 model version: the manifest's version read as the hexadecimal number it is (``27c2d976c8aa`` ->
         ``43718405417130``). Triton's versions are integers and perf_analyzer parses them as such."""
-        return v2_version(str(self.core.engine.loaded.manifest["version"]))
+        manifest = self.manifest_version
+        if self._version is None or self._version[0] != manifest:
+            self._version = (manifest, v2_version(manifest))
+        return self._version[1]
 
     @property
     def manifest_version(self) -> str:
@@ -98,19 +102,22 @@ class DataPlane:
         return [self._stats[n].to_json(n, self.version) for n in names]
 
     # ---- inference ----------------------------------------------------------------------------------
-    async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
+    async def infer(self, request: InferRequest, protocol: str, batch: bool = True) -> InferResponse:
+        """One inference. ``batch``: eval requests wait for a shared forward pass (see :meth:`Core.predict_timed`)."""
         spec = self.model(request.model_name, request.model_version)
         stats = self._stats[spec.name]
         start = time.perf_counter_ns()
         try:
-            response = await self._infer(spec, request, protocol, stats)
+            response = await self._infer(spec, request, protocol, stats, batch)
         except Exception:
             stats.failed(time.perf_counter_ns() - start)
             raise
         stats.succeeded(time.perf_counter_ns() - start, len(response.outputs[0].array) if response.outputs else 0)
         return response
 
-    async def _infer(self, spec: ModelSpec, request: InferRequest, protocol: str, stats: ModelStats) -> InferResponse:
+    async def _infer(
+        self, spec: ModelSpec, request: InferRequest, protocol: str, stats: ModelStats, batch: bool
+    ) -> InferResponse:
         s = self.core.settings
         wanted = _requested(spec, request)
         # Triton's reserved "triton_" parameters (perf_analyzer sends triton_enable_empty_final_response) steer
@@ -142,14 +149,19 @@ class DataPlane:
             t2 = time.perf_counter_ns()
             outputs = self._mc(spec, outcome)
             parameters: dict[str, Any] = {"mc_samples": outcome.n_samples, "seed": outcome.seed}
+            queued_ns = round(outcome.queued_s * 1e9)
         else:
-            rows = await self.core.predict(x, protocol)
+            rows, queued_s = await self.core.predict_timed(x, protocol, batch)
             t2 = time.perf_counter_ns()
             outputs, parameters = self._eval(spec, rows), {}
+            queued_ns = round(queued_s * 1e9)
         selected = [outputs[name] for name in wanted]
-        # Triton counts compute phases of successful requests only, the same number of each
+        # Triton counts each phase once per successful request (perf_analyzer checks the counts agree and finds the
+        # model version whose queue count grew); queue time is part of the wall time between t1 and t2
+        queued_ns = min(queued_ns, t2 - t1)
+        stats.timed("queue", queued_ns)
         stats.timed("compute_input", t1 - t0)
-        stats.timed("compute_infer", t2 - t1)
+        stats.timed("compute_infer", t2 - t1 - queued_ns)
         stats.timed("compute_output", time.perf_counter_ns() - t2)
         return InferResponse(spec.name, self.version, selected, parameters, request.id)
 

@@ -22,9 +22,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..errors import ServiceError
 from .dataplane import DataPlane
-from .stubs import SERVICE_NAME, pb, pb_grpc
+from .stubs import METHODS, SERVICE_NAME, pb, pb_grpc
 from .tensors import V2Error
-from .types import DTYPES, InferRequest, InferResponse, InputTensor, RequestedOutput
+from .types import InferRequest, InferResponse, InputTensor, RequestedOutput
 
 log = logging.getLogger("service")
 R = TypeVar("R")
@@ -48,6 +48,7 @@ _HTTP_OF = {
     grpc.StatusCode.UNAVAILABLE: "503",
     grpc.StatusCode.CANCELLED: "499",
 }
+_ROUTES = {m: f"/{SERVICE_NAME}/{m}" for m in METHODS}  # the metrics' route label: the method's path
 # typed contents field per datatype (the protocol's InferTensorContents)
 _CONTENTS = {
     "BOOL": "bool_contents",
@@ -62,6 +63,15 @@ _CONTENTS = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
+}
+_WIRE = {  # the numpy dtype of each numeric contents field's wire values (uint_contents carries UINT8 as uint32)
+    "bool_contents": np.bool_,
+    "int_contents": np.int32,
+    "int64_contents": np.int64,
+    "uint_contents": np.uint32,
+    "uint64_contents": np.uint64,
+    "fp32_contents": np.float32,
+    "fp64_contents": np.float64,
 }
 
 
@@ -98,26 +108,38 @@ def parse_infer(request: Any) -> InferRequest:
                 raise V2Error(f"input '{t.name}'", "has both contents and raw_input_contents; send one")
             data = raw[i]
         elif t.HasField("contents"):
-            name = _CONTENTS.get(t.datatype)
-            dtype = DTYPES.get(t.datatype)
-            values = getattr(t.contents, name) if name else ()
-            data = np.asarray(values, dtype=dtype) if dtype is not None and name else None
-            if data is not None and data.size == 0:
-                data = None
+            data = _typed(t)
         else:
             data = None
-        _parameters(t.parameters, f"input '{t.name}' parameter")  # checked for well-formedness only
         if t.parameters:
+            _parameters(t.parameters, f"input '{t.name}' parameter")  # a value-less one is named as such first
             raise V2Error(f"input '{t.name}'", f"unknown parameter '{sorted(t.parameters)[0]}'")
         inputs.append(InputTensor(t.name, t.datatype, list(t.shape), data))
-    outputs = [RequestedOutput(o.name) for o in request.outputs] or None
-    for o in request.outputs:
-        if o.parameters:
-            raise V2Error(f"output '{o.name}'", f"parameter '{sorted(o.parameters)[0]}' is not supported")
-    parameters = _parameters(request.parameters, "parameter")
+    outputs = None
+    if request.outputs:
+        outputs = [RequestedOutput(o.name) for o in request.outputs]
+        for o in request.outputs:
+            if o.parameters:
+                raise V2Error(f"output '{o.name}'", f"parameter '{sorted(o.parameters)[0]}' is not supported")
+    parameters = _parameters(request.parameters, "parameter") if request.parameters else {}
     return InferRequest(
         request.model_name, request.model_version or None, inputs, outputs, parameters, request.id or None
     )
+
+
+def _typed(t: Any) -> np.ndarray | None:
+    """An input's typed ``contents`` as an array of their wire type (range checks are the data plane's), or None when
+    they hold nothing or the datatype has no typed field (the data plane names the datatype then)."""
+    expected = _CONTENTS.get(t.datatype)
+    if expected is None:
+        return None
+    present = [field.name for field, _ in t.contents.ListFields()]
+    wrong = [name for name in present if name != expected]
+    if wrong:
+        raise V2Error(f"input '{t.name}'", f"datatype {t.datatype} takes contents.{expected}, not contents.{wrong[0]}")
+    if not present:
+        return None
+    return np.asarray(getattr(t.contents, expected), dtype=_WIRE.get(expected))
 
 
 def encode_infer(response: InferResponse) -> Any:
@@ -138,6 +160,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         self.metrics = plane.core.metrics
+        # eval calls share a forward pass only when the operator asked requests to wait for company
+        self.batch = plane.core.settings.batch_max_wait_ms > 0
 
     async def _call(self, method: str, context: Any, work: Callable[[], Awaitable[R]]) -> R:
         start = time.perf_counter()
@@ -158,9 +182,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             raise
         finally:
             self.metrics.in_flight.dec()
-            route = f"/{SERVICE_NAME}/{method}"
             code = _HTTP_OF.get(status, "500")
-            self.metrics.record_http(route, "POST", code, time.perf_counter() - start, "v2_grpc")
+            self.metrics.record_http(_ROUTES[method], "POST", code, time.perf_counter() - start, "v2_grpc")
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return await self._call("ServerLive", context, _const(pb.ServerLiveResponse(live=True)))
@@ -206,7 +229,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            return encode_infer(await self.plane.infer(parse_infer(request), "v2_grpc"))
+            return encode_infer(await self.plane.infer(parse_infer(request), "v2_grpc", self.batch))
 
         return await self._call("ModelInfer", context, work)
 

@@ -61,7 +61,7 @@ class V2Http:
             metrics.record_http(route, scope["method"], str(status), time.perf_counter() - start, "v2_http")
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[str, int, bytes, list[tuple[bytes, bytes]]]:
-        route = "unmatched"
+        route, method = "unmatched", ""
         try:
             route, method, call = _route(scope["path"])
             if scope["method"] != method:
@@ -89,6 +89,8 @@ class V2Http:
             headers = [*_JSON_HEADERS]
             if exc.status == 503:
                 headers.append((b"retry-after", b"1"))
+            if exc.status == 405:
+                headers.append((b"allow", method.encode()))
             return route, exc.status, orjson.dumps({"error": exc.message}), headers
 
     def _respond(self, payload: dict[str, Any], status: int = 200) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:

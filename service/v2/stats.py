@@ -13,10 +13,9 @@ DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "comp
 class ModelStats:
     """Counts and cumulative nanoseconds, as Triton reports them.
 
-    ``compute_input``: decoding the input tensor; ``compute_infer``: the model, including the wait for a shared
-    batch (mcserve batches on the event loop with no separate queue, so ``queue`` stays 0); ``compute_output``:
-    building the output tensors (serialising them is the adapter's and not counted). Nothing is cached, so the
-    cache entries stay 0."""
+    ``queue``: waiting for the forward pass (eval: the shared batch; MC: a worker thread); ``compute_input``:
+    decoding the input tensor; ``compute_infer``: the model; ``compute_output``: building the output tensors
+    (serialising them is the adapter's and not counted). Nothing is cached, so the cache entries stay 0."""
 
     inference_count: int = 0  # images
     execution_count: int = 0  # requests

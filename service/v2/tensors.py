@@ -7,6 +7,8 @@ parameter or field, and nothing is allocated from a declared shape before the sh
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ from .models import IMAGE_DATATYPES, PIXELS
 from .types import DTYPES, KNOWN_DATATYPES, InputTensor
 
 _PIXEL_SHAPES = "[-1, 784] or [-1, 28, 28]"
+_NUMBER_TYPES = frozenset({int, float})  # exact types: bool (a subclass of int) is not in it
 
 
 class V2Error(ServiceError):
@@ -65,8 +68,10 @@ def images(tensor: InputTensor, max_batch: int) -> np.ndarray:
                 field, f"has {len(data)} bytes of data; shape {tensor.shape} of {datatype} needs {expected} bytes"
             )
         values = np.frombuffer(data, dtype=dtype)
-    elif isinstance(data, np.ndarray):
+    elif isinstance(data, np.ndarray):  # gRPC typed contents, in their wire type (uint_contents: uint32)
         values = data.reshape(-1)
+        if datatype == "UINT8" and values.size and values.max() > 255:
+            raise V2Error(field, "UINT8 contents must hold integers from 0 to 255")
     else:
         values = _from_json(data, datatype, field)
     if values.size != count:
@@ -85,13 +90,22 @@ def _from_json(data: Any, datatype: str, field: str) -> np.ndarray:
         values = np.asarray(data)
     except ValueError as exc:  # ragged nesting
         raise V2Error(field, f"'data' is not a regular array ({exc})") from None
-    if values.size and values.dtype.kind not in "iuf":
+    if values.size and (values.dtype.kind not in "iuf" or not _NUMBER_TYPES.issuperset(map(type, _leaves(data)))):
         raise V2Error(field, "'data' must hold numbers only (no strings, booleans or nulls)")
     if datatype == "UINT8":
         if values.size and (values.dtype.kind == "f" or values.min() < 0 or values.max() > 255):
             raise V2Error(field, "UINT8 'data' must hold integers from 0 to 255")
         return values.reshape(-1).astype(np.uint8)
     return values.reshape(-1).astype(np.float64)
+
+
+def _leaves(data: list[Any]) -> Iterable[Any]:
+    """The values of regular nested lists, flattened (numpy reads a boolean among numbers as 0 or 1: look at them)."""
+    leaves: Iterable[Any] = data
+    while data and isinstance(data[0], list):
+        data = data[0]
+        leaves = chain.from_iterable(leaves)
+    return leaves
 
 
 def _check_range(values: np.ndarray, field: str) -> None:

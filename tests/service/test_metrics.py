@@ -48,30 +48,35 @@ def test_metrics_reflect_requests(
         after = scrape(client)
 
     route = "mcserve_http_requests_total"
-    assert value(after, route, route="/predict", method="POST", status="200") == 2
-    assert value(after, route, route="/predict/uncertainty", method="POST", status="200") == 1
-    assert value(after, route, route="/predict", method="POST", status="422") == 1
-    assert value(after, route, route="unmatched", method="GET", status="404") == 1  # never the raw path
+    assert value(after, route, route="/predict", method="POST", status="200", protocol="rest") == 2
+    assert value(after, route, route="/predict/uncertainty", method="POST", status="200", protocol="rest") == 1
+    assert value(after, route, route="/predict", method="POST", status="422", protocol="rest") == 1
+    assert (
+        value(after, route, route="unmatched", method="GET", status="404", protocol="rest") == 1
+    )  # never the raw path
     assert not any("/nope" in str(labels) for _, labels in after)
-    assert value(after, "mcserve_http_request_duration_seconds_count", route="/predict") == 3
+    assert value(after, "mcserve_http_request_duration_seconds_count", route="/predict", protocol="rest") == 3
     assert value(after, "mcserve_http_requests_in_flight") == 1  # the scrape itself
     inference = "mcserve_inference_duration_seconds_count"
-    assert value(after, inference, endpoint="predict") == 2
-    assert value(after, inference, endpoint="predict_uncertainty") == 1
-    assert value(after, "mcserve_batch_size_images_sum", endpoint="predict") == 6
-    assert value(after, "mcserve_batch_size_images_sum", endpoint="predict_uncertainty") == 6
-    assert value(after, "mcserve_mc_samples_sum") == 40 and value(after, "mcserve_mc_samples_count") == 1
-    assert value(after, "mcserve_predictive_entropy_nats_count") == 6
+    assert value(after, inference, endpoint="predict", protocol="rest") == 2
+    assert value(after, inference, endpoint="predict_uncertainty", protocol="rest") == 1
+    assert value(after, "mcserve_batch_size_images_sum", endpoint="predict", protocol="rest") == 6
+    assert value(after, "mcserve_batch_size_images_sum", endpoint="predict_uncertainty", protocol="rest") == 6
+    assert (
+        value(after, "mcserve_mc_samples_sum", protocol="rest") == 40
+        and value(after, "mcserve_mc_samples_count", protocol="rest") == 1
+    )
+    assert value(after, "mcserve_predictive_entropy_nats_count", protocol="rest") == 6
     mi_sum = sum(p["mutual_information"] for p in mc["predictions"])
-    assert abs(value(after, "mcserve_mutual_information_nats_sum") - mi_sum) < 1e-9
+    assert abs(value(after, "mcserve_mutual_information_nats_sum", protocol="rest") - mi_sum) < 1e-9
     uncertain = sum(p["uncertain"] for p in mc["predictions"])
-    assert value(after, "mcserve_uncertain_predictions_total") == uncertain
+    assert value(after, "mcserve_uncertain_predictions_total", protocol="rest") == uncertain
     by_class: dict[str, int] = {}
     for response in predicted:
         for p in response["predictions"]:
             by_class[p["label"]] = by_class.get(p["label"], 0) + 1
     for label, count in by_class.items():
-        assert value(after, "mcserve_predictions_total", endpoint="predict", class_name=label) == count
+        assert value(after, "mcserve_predictions_total", endpoint="predict", class_name=label, protocol="rest") == count
 
 
 def test_input_outliers_are_counted_per_endpoint(
@@ -81,10 +86,16 @@ def test_input_outliers_are_counted_per_endpoint(
     with TestClient(create_app(make_settings(trained_artifact), registry=CollectorRegistry())) as client:
         before = scrape(client)
         for endpoint in ("predict", "predict_uncertainty"):  # a 0 series from the start, so rate() has data
-            assert before[("mcserve_input_outliers_total", frozenset({("endpoint", endpoint)}))] == 0
+            for protocol in ("rest", "v2_http", "v2_grpc"):
+                key = frozenset({("endpoint", endpoint), ("protocol", protocol)})
+                assert before[("mcserve_input_outliers_total", key)] == 0
         assert client.post("/predict", json={"images": inverted}).status_code == 200
         mc = client.post("/predict/uncertainty", json={"images": inverted[:2], "n_samples": 5}).json()
         after = scrape(client)
-    assert value(after, "mcserve_input_outliers_total", endpoint="predict") == 3
-    assert value(after, "mcserve_input_outliers_total", endpoint="predict_uncertainty") == 2
-    assert value(after, "mcserve_uncertain_predictions_total") == sum(p["uncertain"] for p in mc["predictions"]) == 2
+    assert value(after, "mcserve_input_outliers_total", endpoint="predict", protocol="rest") == 3
+    assert value(after, "mcserve_input_outliers_total", endpoint="predict_uncertainty", protocol="rest") == 2
+    assert (
+        value(after, "mcserve_uncertain_predictions_total", protocol="rest")
+        == sum(p["uncertain"] for p in mc["predictions"])
+        == 2
+    )
