@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {kernel,http,batching,train,coldstart,all,report} [--quick] --json PATH``."""
+"""Command line: ``python -m bench {kernel,http,v2,batching,train,coldstart,all,report} [--quick] --json PATH``."""
 
 from __future__ import annotations
 
@@ -54,6 +54,10 @@ def _run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
         from bench import http
 
         data = http.run(args.quick, args.model_dir, args.workers, args.server_threads, args.duration)
+    elif name == "v2":
+        from bench import v2
+
+        data = v2.run(args.quick, args.model_dir, args.server_threads)
     elif name == "batching":
         from bench import batching
 
@@ -74,7 +78,7 @@ def _run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("command", choices=["kernel", "http", "batching", "train", "coldstart", "all", "report"])
+    parser.add_argument("command", choices=["kernel", "http", "v2", "batching", "train", "coldstart", "all", "report"])
     parser.add_argument("--quick", action="store_true", help="smaller matrix / shorter runs (< 2 min each)")
     parser.add_argument("--json", type=Path, default=None, help="where to write the results (report: where to read)")
     parser.add_argument("--model-dir", type=Path, default=None, help="artifact to serve; default: random weights")
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
         report.write(args.json or DEFAULT_JSON, args.doc)
         return 0
-    sections = ["kernel", "http", "batching", "coldstart", "train"] if args.command == "all" else [args.command]
+    sections = ["kernel", "http", "v2", "batching", "coldstart", "train"] if args.command == "all" else [args.command]
     results: dict[str, Any] = {"machine": machine()}
     for name in sections:
         print(f"bench: {name} ...", flush=True)

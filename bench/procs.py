@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -29,6 +30,18 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+    except (OSError, ValueError):
+        return None
+
+
+def ready_status(url: str, timeout: float = 2.0) -> int | None:
+    """``http_status`` of ``url``; for ``tcp://HOST:PORT`` (a gRPC-only server) 200 once the port accepts."""
+    if not url.startswith("tcp://"):
+        return http_status(url, timeout)
+    host, _, port = url.removeprefix("tcp://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return 200
     except (OSError, ValueError):
         return None
 
@@ -82,7 +95,7 @@ def serve(
     timeout_s: float = 120.0,
     cwd: Path | None = None,
 ) -> Iterator[Server]:
-    """Run ``cmd`` until ``ready_url`` answers 200, yield it, then stop it.
+    """Run ``cmd`` until ``ready_url`` answers 200 (``tcp://HOST:PORT``: accepts a connection), yield it, then stop it.
 
     Raises RuntimeError with the log's tail when the process dies or never gets ready.
     """
@@ -94,7 +107,7 @@ def serve(
             list(cmd), stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True
         )
         try:
-            while http_status(ready_url) != 200:
+            while ready_status(ready_url) != 200:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode} before ready: {log_tail(log_path)}")
                 if time.perf_counter() - start > timeout_s:

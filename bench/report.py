@@ -21,6 +21,7 @@ from bench.tables import (
     http_table,
     kernel_table,
     train_table,
+    v2_table,
 )
 
 TEMPLATE = Path(__file__).with_name("doc_template.md")
@@ -28,12 +29,13 @@ TEMPLATE = Path(__file__).with_name("doc_template.md")
 
 def sections(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Split an ``all`` JSON into its sections; a single-section JSON becomes that one section."""
-    known = ("kernel", "http", "batching", "coldstart", "train")
+    known = ("kernel", "http", "v2", "batching", "coldstart", "train")
     if any(k in results for k in known):
         return {k: results.get(k) or {} for k in known}
     guess = {
         "kernel": "ratio_to_gemm_limit_b32_t100",
         "http": "predict_rps_c64",
+        "v2": "v2_http_vs_triton_c64",
         "batching": "batching_rps_gain_c64",
         "coldstart": "cold_start_s_median",
         "train": "train_speedup_vs_dataloader",
@@ -113,6 +115,7 @@ def render(results: dict[str, Any], plot_name: str) -> str:
         headline=headline(sec),
         kernel_table=kernel_table(sec["kernel"]),
         http_table=http_table(sec["http"]),
+        v2_table=v2_table(sec["v2"]),
         batching_table=batching_table(sec["batching"]),
         floor_table=floor_table(sec["batching"]),
         train_table=train_table(sec["train"]),

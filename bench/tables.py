@@ -17,6 +17,28 @@ HTTP_ROWS = (
     ("TorchServe", "torchserve_predict"),
     ("Triton (PyTriton)", "triton_predict"),
 )
+V2_ROWS = (
+    ("mcserve v2 HTTP", "v2_http"),
+    ("Triton (PyTriton) v2 HTTP", "triton_v2_http"),
+    ("mcserve v2 gRPC", "v2_grpc"),
+    ("Triton (PyTriton) v2 gRPC", "triton_v2_grpc"),
+    ("gRPC floor (bare `grpc.aio`, constant)", "grpc_floor"),
+    ("gRPC kernel floor (bare `grpc.aio` + the eval kernel)", "grpc_kernel_floor"),
+    ("mcserve v2 HTTP, MC T=100", "v2_http_mc_t100"),
+    ("Triton (PyTriton) v2 HTTP, MC T=100", "triton_v2_http_mc_t100"),
+    ("mcserve v2 gRPC, MC T=100", "v2_grpc_mc_t100"),
+    ("Triton (PyTriton) v2 gRPC, MC T=100", "triton_v2_grpc_mc_t100"),
+)
+V2_RATIOS = (
+    ("mcserve ÷ Triton, v2 HTTP", "v2_http_vs_triton_c64"),
+    ("mcserve ÷ Triton, v2 gRPC", "v2_grpc_vs_triton_c64"),
+    ("mcserve v2 gRPC ÷ gRPC floor", "v2_grpc_vs_floor_c64"),
+    ("gRPC kernel floor ÷ gRPC floor", "grpc_kernel_floor_vs_floor_c64"),
+    ("mcserve v2 gRPC ÷ gRPC kernel floor", "v2_grpc_vs_kernel_floor_c64"),
+    ("Triton v2 gRPC ÷ gRPC floor", "triton_v2_grpc_vs_floor_c64"),
+    ("mcserve ÷ Triton, v2 HTTP, MC T=100", "v2_http_mc_t100_vs_triton_c64"),
+    ("mcserve ÷ Triton, v2 gRPC, MC T=100", "v2_grpc_mc_t100_vs_triton_c64"),
+)
 KERNEL_IMPLS = (
     ("naive loop (train mode)", "naive"),
     ("repeat input T times", "repeat"),
@@ -49,6 +71,7 @@ def _check(value: float | None, op: str, target: float) -> str:
 
 def headline(sec: dict[str, dict[str, Any]]) -> str:
     k, h, t, b = sec["kernel"], sec["http"], sec["train"], sec["batching"]
+    v = sec.get("v2") or {}
 
     def rel(a: str, b: str) -> float | None:
         x, y = h.get(a), h.get(b)
@@ -135,6 +158,9 @@ def headline(sec: dict[str, dict[str, Any]]) -> str:
             "",
             0,
         ),
+        ("mcserve ÷ Triton, v2 HTTP infer/s, c=64 (perf_analyzer, context)", v.get("v2_http_vs_triton_c64"), "", 0),
+        ("mcserve ÷ Triton, v2 gRPC infer/s, c=64 (perf_analyzer, context)", v.get("v2_grpc_vs_triton_c64"), "", 0),
+        ("mcserve v2 gRPC ÷ bare grpc.aio floor, infer/s, c=64 (context)", v.get("v2_grpc_vs_floor_c64"), "", 0),
         ("training job ÷ DataLoader pipeline, samples/s", t.get("train_speedup_vs_dataloader"), ">=", 5.0),
     ]
     lines = ["| claim | target | measured | met |", "|---|---|---|---|"]
@@ -184,6 +210,36 @@ def http_table(h: dict[str, Any]) -> str:
         for c in (1, 16, 64):
             vals = [h.get(f"{key}_{m}_c{c}") for m in ("rps", "p50_ms", "p99_ms", "errors", "server_cpu_ms_per_req")]
             lines.append(f"| {name} | {c} | " + " | ".join(fmt(v, 2 if i else 0) for i, v in enumerate(vals)) + " |")
+    return "\n".join([*lines, "", *notes] if notes else lines)
+
+
+def v2_table(v: dict[str, Any]) -> str:
+    """perf_analyzer's infer/s and p99 per endpoint at c = 1, 16, 64 (``*``: never stable, measured relaxed)."""
+    if not v:
+        return "_v2 benchmark not run_"
+    head = "| endpoint | infer/s c=1 | c=16 | c=64 | p99 ms c=1 | c=16 | c=64 | errors | server CPU ms/infer c=64 |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for name, key in V2_ROWS:
+        if f"{key}_infer_per_s_c1" not in v and f"{key}_error" not in v:
+            continue
+        rps = []
+        for c in (1, 16, 64):
+            star = "\\*" if v.get(f"{key}_stable_c{c}") is False else ""
+            rps.append(fmt(v.get(f"{key}_infer_per_s_c{c}"), 0) + star)
+        p99 = [fmt(v.get(f"{key}_p99_ms_c{c}"), 2) for c in (1, 16, 64)]
+        errs = [v.get(f"{key}_errors_c{c}") for c in (1, 16, 64)]
+        err_text = fmt(sum(int(e) for e in errs if e is not None)) if any(e is not None for e in errs) else "n/a"
+        if v.get(f"{key}_error"):
+            err_text = "see note"
+            notes.append(f"- **{name} failed**: `{' '.join(str(v[f'{key}_error']).split())[:400]}`")
+        cpu = fmt(v.get(f"{key}_server_cpu_ms_per_infer_c64"), 2)
+        lines.append(f"| {name} | " + " | ".join([*rps, *p99, err_text, cpu]) + " |")
+    lines += ["", "| infer/s ratio at c=64 | value |", "|---|---|"]
+    lines += [f"| {name} | {fmt(v.get(key), 2)} |" for name, key in V2_RATIOS]
+    if any(v.get(f"{key}_stable_c{c}") is False for _, key in V2_ROWS for c in (1, 16, 64)):
+        lines += ["", "\\* perf_analyzer found no 3 windows in a row within the stability percentage; the figure is "
+                  "the relaxed retry's (see the conditions)."]  # fmt: skip
     return "\n".join([*lines, "", *notes] if notes else lines)
 
 

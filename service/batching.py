@@ -54,9 +54,11 @@ class MicroBatcher:
         self.max_images = max_images
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch
-        self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
+        self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray], float]] = deque()  # (x, rows, deadline)
         self._queued_images = 0
         self._timer: asyncio.Handle | None = None
+        self._deadline = 0.0  # loop time at which the pending flush runs
+        self.last_batch_requests = 0  # requests served by the latest forward pass
         self._started: dict[asyncio.Future[np.ndarray], float] = {}  # submit_timed's futures -> forward start
 
     @property
@@ -67,10 +69,12 @@ class MicroBatcher:
         """The ``forward`` rows for ``x``, computed together with whatever else is queued."""
         return await self.enqueue(x)
 
-    async def submit_timed(self, x: np.ndarray) -> tuple[np.ndarray, float]:
-        """:meth:`submit`, and the seconds ``x`` waited in the queue before its forward pass started."""
+    async def submit_timed(self, x: np.ndarray, max_wait_s: float | None = None) -> tuple[np.ndarray, float]:
+        """:meth:`submit`, and the seconds ``x`` waited in the queue before its forward pass started.
+
+        ``max_wait_s`` overrides the batcher's own wait for company for this request (see :meth:`enqueue`)."""
         queued = time.perf_counter()
-        future = self.enqueue(x)
+        future = self.enqueue(x, max_wait_s)
         self._started[future] = queued
         try:
             rows = await future
@@ -78,27 +82,39 @@ class MicroBatcher:
             started = self._started.pop(future, queued)
         return rows, max(started - queued, 0.0)
 
-    def enqueue(self, x: np.ndarray) -> asyncio.Future[np.ndarray]:
-        """Queue ``x`` and return the future of its rows (for callers that cannot await; on the loop's thread)."""
+    def enqueue(self, x: np.ndarray, max_wait_s: float | None = None) -> asyncio.Future[np.ndarray]:
+        """Queue ``x`` and return the future of its rows (for callers that cannot await; on the loop's thread).
+
+        ``x`` waits at most ``max_wait_s`` (default: the batcher's ``max_wait_s``) for company; the pending
+        flush runs at the earliest deadline of what is queued, so a request that may not wait is never held
+        back by one that may."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._queue.append((x, future))
+        deadline = loop.time() + (self.max_wait_s if max_wait_s is None else max_wait_s)
+        self._queue.append((x, future, deadline))
         self._queued_images += int(x.shape[0])
         if self._queued_images >= self.max_images:
             self._flush()
-        elif self._timer is None:
-            if self.max_wait_s > 0:
-                self._timer = loop.call_later(self.max_wait_s, self._flush)
-            else:
-                self._timer = loop.call_soon(self._flush)
+        else:
+            self._schedule(loop, deadline)
         return future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Make the pending flush run no later than ``deadline`` (on the next iteration if that has passed)."""
+        if self._timer is not None:
+            if self._deadline <= deadline:
+                return
+            self._timer.cancel()
+        delay = deadline - loop.time()
+        self._timer = loop.call_later(delay, self._flush) if delay > 0 else loop.call_soon(self._flush)
+        self._deadline = deadline
 
     def _take(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]:
         """Queued requests in arrival order up to ``max_images`` (at least one); cancelled ones are dropped."""
         batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
         images = 0
         while self._queue:
-            x, future = self._queue[0]
+            x, future, _ = self._queue[0]
             n = int(x.shape[0])
             if batch and images + n > self.max_images:
                 break
@@ -120,12 +136,8 @@ class MicroBatcher:
                 self._run(batch)
             if self._queued_images < self.max_images:
                 break  # the rest (if any) waits for company again, under a fresh timer
-        if self._queue and self._timer is None:
-            loop = asyncio.get_running_loop()
-            if self.max_wait_s > 0:
-                self._timer = loop.call_later(self.max_wait_s, self._flush)
-            else:
-                self._timer = loop.call_soon(self._flush)
+        if self._queue and self._timer is None:  # the rest keeps its own deadlines (long past: next iteration)
+            self._schedule(asyncio.get_running_loop(), min(deadline for _, _, deadline in self._queue))
 
     def _run(self, batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:
         start = time.perf_counter()
@@ -142,6 +154,7 @@ class MicroBatcher:
                     future.set_exception(exc)
             return
         seconds = time.perf_counter() - start
+        self.last_batch_requests = len(batch)
         row = 0
         for x, future in batch:
             n = int(x.shape[0])

@@ -86,17 +86,19 @@ class Core:
         (NaN without a check), from a forward pass shared with whatever else is queued. Records the metrics."""
         return (await self.predict_timed(x, protocol))[0]
 
-    async def predict_timed(self, x: np.ndarray, protocol: str, batch: bool = True) -> tuple[np.ndarray, float]:
+    async def predict_timed(
+        self, x: np.ndarray, protocol: str, wait_s: float | None = None, inline: bool = False
+    ) -> tuple[np.ndarray, float]:
         """:meth:`predict`, and the seconds the request waited for its forward pass to start.
 
-        ``batch=False`` runs the pass at once, on the loop, for a caller whose requests never arrive together:
-        gRPC (``grpc.aio`` hands the loop one call at a time; measured, 1.03 requests shared a pass, and waiting for
-        company cost each call a suspension: 1.6x fewer calls per second)."""
+        ``wait_s``: how long this request may wait for company (default ``MCSERVE_BATCH_MAX_WAIT_MS``).
+        ``inline``: run the pass at once on the loop, without queueing: for a caller that knows no company is
+        coming (a lone gRPC call), saving the suspension a queued request costs."""
         start = time.perf_counter()
-        if batch:
-            rows, queued_s = await self.batcher.submit_timed(x)
-        else:
+        if inline:
             rows, queued_s = self.engine.predict_scored(x), 0.0
+        else:
+            rows, queued_s = await self.batcher.submit_timed(x, wait_s)
         seconds = time.perf_counter() - start  # model time of the shared pass, plus time queued for it
         loaded = self.engine.loaded
         names, check = loaded.class_names, loaded.input_check

@@ -102,13 +102,16 @@ class DataPlane:
         return [self._stats[n].to_json(n, self.version) for n in names]
 
     # ---- inference ----------------------------------------------------------------------------------
-    async def infer(self, request: InferRequest, protocol: str, batch: bool = True) -> InferResponse:
-        """One inference. ``batch``: eval requests wait for a shared forward pass (see :meth:`Core.predict_timed`)."""
+    async def infer(
+        self, request: InferRequest, protocol: str, wait_s: float | None = None, inline: bool = False
+    ) -> InferResponse:
+        """One inference; ``wait_s`` and ``inline`` say how an eval request shares a forward pass
+        (:meth:`service.core.Core.predict_timed`)."""
         spec = self.model(request.model_name, request.model_version)
         stats = self._stats[spec.name]
         start = time.perf_counter_ns()
         try:
-            response = await self._infer(spec, request, protocol, stats, batch)
+            response = await self._infer(spec, request, protocol, stats, wait_s, inline)
         except Exception:
             stats.failed(time.perf_counter_ns() - start)
             raise
@@ -116,7 +119,13 @@ class DataPlane:
         return response
 
     async def _infer(
-        self, spec: ModelSpec, request: InferRequest, protocol: str, stats: ModelStats, batch: bool
+        self,
+        spec: ModelSpec,
+        request: InferRequest,
+        protocol: str,
+        stats: ModelStats,
+        wait_s: float | None,
+        inline: bool,
     ) -> InferResponse:
         s = self.core.settings
         wanted = _requested(spec, request)
@@ -151,7 +160,7 @@ class DataPlane:
             parameters: dict[str, Any] = {"mc_samples": outcome.n_samples, "seed": outcome.seed}
             queued_ns = round(outcome.queued_s * 1e9)
         else:
-            rows, queued_s = await self.core.predict_timed(x, protocol, batch)
+            rows, queued_s = await self.core.predict_timed(x, protocol, wait_s, inline)
             t2 = time.perf_counter_ns()
             outputs, parameters = self._eval(spec, rows), {}
             queued_ns = round(queued_s * 1e9)
