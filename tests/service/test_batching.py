@@ -128,3 +128,39 @@ def test_a_cancelled_request_is_dropped_before_the_forward_pass() -> None:
 def test_bad_limits_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         MicroBatcher(Recorder(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_request_that_may_not_wait_is_not_held_back_by_one_that_may() -> None:
+    """Per-request waits (gRPC waits for company, REST does not): the pending flush runs at the earliest deadline."""
+    forward = Recorder()
+    batcher = MicroBatcher(forward, max_images=256)
+
+    async def main() -> tuple[float, float, float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        waiting = asyncio.ensure_future(batcher.submit_timed(rows(1, 0.0), max_wait_s=5.0))
+        await asyncio.sleep(0)  # the first request is queued with a 5 s deadline
+        (out, queued_s), _ = await asyncio.gather(waiting, batcher.submit_timed(rows(1, 10.0), max_wait_s=0.0))
+        return loop.time() - start, queued_s, float(out[0, 0])
+
+    elapsed, queued_s, first = asyncio.run(main())
+    assert elapsed < 1.0 and queued_s < 1.0  # flushed on the next iteration, not after 5 s
+    assert forward.calls == [2] and first == 0.0  # and both shared that pass
+
+
+def test_a_waiting_request_gathers_company_until_its_deadline() -> None:
+    forward = Recorder()
+    batcher = MicroBatcher(forward, max_images=256)
+
+    async def main() -> list[float]:
+        first = asyncio.ensure_future(batcher.submit_timed(rows(1, 0.0), max_wait_s=0.05))
+        later = []
+        for k in range(3):  # arrivals spread over 30 ms join the pass the first one waits for
+            await asyncio.sleep(0.01)
+            later.append(asyncio.ensure_future(batcher.submit_timed(rows(1, k + 1.0), max_wait_s=0.05)))
+        results = await asyncio.gather(first, *later)
+        return [queued for _, queued in results]
+
+    queued = asyncio.run(main())
+    assert forward.calls == [4]
+    assert 0.03 <= queued[0] < 1.0  # the first waited for the others; the wait is reported
