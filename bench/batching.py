@@ -56,6 +56,7 @@ def run(quick: bool, model_dir: Path | None, server_threads: int) -> dict[str, A
                 "MCSERVE_MODEL_DIR": str(model_dir),
                 "MCSERVE_HOST": "127.0.0.1",
                 "MCSERVE_PORT": str(port),
+                "MCSERVE_GRPC_PORT": "0",  # REST only; side-by-side servers would share 8001
                 "MCSERVE_LOG_LEVEL": "warning",
                 "MCSERVE_TORCH_THREADS": str(server_threads),
                 "OPENBLAS_NUM_THREADS": str(server_threads),  # as ``python -m service`` sets it for itself

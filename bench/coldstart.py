@@ -24,6 +24,7 @@ def run(model_dir: Path | None, repeats: int = 5) -> dict[str, Any]:
             "MCSERVE_MODEL_DIR": str(model_dir),
             "MCSERVE_HOST": "127.0.0.1",
             "MCSERVE_PORT": str(PORT),
+            "MCSERVE_GRPC_PORT": "0",  # REST readiness is what is timed
             "MCSERVE_LOG_LEVEL": "warning",
         }
         samples: list[float] = []

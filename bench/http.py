@@ -82,6 +82,7 @@ def _specs(model_dir: Path, image: list[int], workers: int, work: Path) -> list[
     def mcserve(name: str, port: int, endpoints: list[tuple[str, str, str]], **settings: str) -> ServerSpec:
         """``python -m service`` on ``port``; endpoints are (label, path, body)."""
         env = {"MCSERVE_HOST": "127.0.0.1", "MCSERVE_LOG_LEVEL": "warning", "MCSERVE_PORT": str(port)}
+        env["MCSERVE_GRPC_PORT"] = "0"  # REST only here; bench v2 measures gRPC
         env |= {"MCSERVE_WORKERS": str(workers), **settings}
         eps = [Endpoint(label, f"{base}:{port}{path}", body) for label, path, body in endpoints]
         return ServerSpec(name, [main_py, "-m", "service"], f"{base}:{port}/readyz", eps, env=env)

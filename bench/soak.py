@@ -148,7 +148,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0)
 def soak(model_dir: Path, minutes: float, warmup_s: float, port: int, concurrency: int, sample_s: float) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCSERVE_")}
     env |= {"MCSERVE_MODEL_DIR": str(model_dir), "MCSERVE_DEVICE": "cpu", "MCSERVE_HOST": "127.0.0.1"}
-    env |= {"MCSERVE_PORT": str(port), "MCSERVE_LOG_LEVEL": "warning"}
+    env |= {"MCSERVE_PORT": str(port), "MCSERVE_GRPC_PORT": "0", "MCSERVE_LOG_LEVEL": "warning"}
     proc = subprocess.Popen([sys.executable, "-m", "service"], env=env)
     try:
         _wait_ready(f"http://127.0.0.1:{port}", proc)

@@ -19,6 +19,7 @@ array to ``(N, ...)`` rows.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -57,7 +58,9 @@ class MicroBatcher:
         self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray], float]] = deque()  # (x, rows, deadline)
         self._queued_images = 0
         self._timer: asyncio.Handle | None = None
-        self._deadline = 0.0  # loop time at which the pending flush runs
+        self._deadline = 0.0  # loop time at which the pending timer fires
+        self._hard = math.inf  # earliest max-wait deadline of what is queued
+        self._idle = -math.inf  # with idle waits: the flush comes once no request arrived for that long
         self.last_batch_requests = 0  # requests served by the latest forward pass
         self._started: dict[asyncio.Future[np.ndarray], float] = {}  # submit_timed's futures -> forward start
 
@@ -69,12 +72,15 @@ class MicroBatcher:
         """The ``forward`` rows for ``x``, computed together with whatever else is queued."""
         return await self.enqueue(x)
 
-    async def submit_timed(self, x: np.ndarray, max_wait_s: float | None = None) -> tuple[np.ndarray, float]:
+    async def submit_timed(
+        self, x: np.ndarray, max_wait_s: float | None = None, idle_s: float | None = None
+    ) -> tuple[np.ndarray, float]:
         """:meth:`submit`, and the seconds ``x`` waited in the queue before its forward pass started.
 
-        ``max_wait_s`` overrides the batcher's own wait for company for this request (see :meth:`enqueue`)."""
+        ``max_wait_s`` and ``idle_s`` override the batcher's own wait for company for this request
+        (see :meth:`enqueue`)."""
         queued = time.perf_counter()
-        future = self.enqueue(x, max_wait_s)
+        future = self.enqueue(x, max_wait_s, idle_s)
         self._started[future] = queued
         try:
             rows = await future
@@ -82,32 +88,52 @@ class MicroBatcher:
             started = self._started.pop(future, queued)
         return rows, max(started - queued, 0.0)
 
-    def enqueue(self, x: np.ndarray, max_wait_s: float | None = None) -> asyncio.Future[np.ndarray]:
+    def enqueue(
+        self, x: np.ndarray, max_wait_s: float | None = None, idle_s: float | None = None
+    ) -> asyncio.Future[np.ndarray]:
         """Queue ``x`` and return the future of its rows (for callers that cannot await; on the loop's thread).
 
-        ``x`` waits at most ``max_wait_s`` (default: the batcher's ``max_wait_s``) for company; the pending
-        flush runs at the earliest deadline of what is queued, so a request that may not wait is never held
-        back by one that may."""
+        ``x`` waits at most ``max_wait_s`` (default: the batcher's ``max_wait_s``) for company; with ``idle_s``
+        the wait also ends once no request has arrived for ``idle_s`` (company stopped coming). The flush runs at
+        the earliest such deadline of what is queued, so a request that may not wait is never held back by one
+        that may."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
-        deadline = loop.time() + (self.max_wait_s if max_wait_s is None else max_wait_s)
+        now = loop.time()
+        deadline = now + (self.max_wait_s if max_wait_s is None else max_wait_s)
         self._queue.append((x, future, deadline))
         self._queued_images += int(x.shape[0])
+        self._hard = min(self._hard, deadline)
+        if idle_s is not None:
+            self._idle = max(self._idle, now + idle_s)
         if self._queued_images >= self.max_images:
             self._flush()
         else:
-            self._schedule(loop, deadline)
+            self._schedule(loop)
         return future
 
-    def _schedule(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-        """Make the pending flush run no later than ``deadline`` (on the next iteration if that has passed)."""
+    def _due(self) -> float:
+        """Loop time of the flush: the earliest max-wait deadline, or earlier once arrivals have gone idle."""
+        return self._hard if self._idle == -math.inf else min(self._hard, self._idle)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Make the pending timer fire no later than :meth:`_due` (on the next iteration if that has passed)."""
+        due = self._due()
         if self._timer is not None:
-            if self._deadline <= deadline:
-                return
+            if self._deadline <= due:
+                return  # fires first and re-arms if the flush moved later (see _on_timer)
             self._timer.cancel()
-        delay = deadline - loop.time()
-        self._timer = loop.call_later(delay, self._flush) if delay > 0 else loop.call_soon(self._flush)
-        self._deadline = deadline
+        delay = due - loop.time()
+        self._timer = loop.call_later(delay, self._on_timer) if delay > 0 else loop.call_soon(self._on_timer)
+        self._deadline = due
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        if self._due() > loop.time():  # company kept arriving: the idle deadline moved on
+            self._schedule(loop)
+        else:
+            self._flush()
 
     def _take(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]:
         """Queued requests in arrival order up to ``max_images`` (at least one); cancelled ones are dropped."""
@@ -136,8 +162,10 @@ class MicroBatcher:
                 self._run(batch)
             if self._queued_images < self.max_images:
                 break  # the rest (if any) waits for company again, under a fresh timer
+        self._idle = -math.inf
+        self._hard = min((deadline for _, _, deadline in self._queue), default=math.inf)
         if self._queue and self._timer is None:  # the rest keeps its own deadlines (long past: next iteration)
-            self._schedule(asyncio.get_running_loop(), min(deadline for _, _, deadline in self._queue))
+            self._schedule(asyncio.get_running_loop())
 
     def _run(self, batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:
         start = time.perf_counter()

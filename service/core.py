@@ -87,18 +87,24 @@ class Core:
         return (await self.predict_timed(x, protocol))[0]
 
     async def predict_timed(
-        self, x: np.ndarray, protocol: str, wait_s: float | None = None, inline: bool = False
+        self,
+        x: np.ndarray,
+        protocol: str,
+        wait_s: float | None = None,
+        inline: bool = False,
+        idle_s: float | None = None,
     ) -> tuple[np.ndarray, float]:
         """:meth:`predict`, and the seconds the request waited for its forward pass to start.
 
-        ``wait_s``: how long this request may wait for company (default ``MCSERVE_BATCH_MAX_WAIT_MS``).
+        ``wait_s``: how long this request may wait for company (default ``MCSERVE_BATCH_MAX_WAIT_MS``); ``idle_s``:
+        the wait ends sooner once no request arrived for that long (see :meth:`MicroBatcher.enqueue`).
         ``inline``: run the pass at once on the loop, without queueing: for a caller that knows no company is
         coming (a lone gRPC call), saving the suspension a queued request costs."""
         start = time.perf_counter()
         if inline:
             rows, queued_s = self.engine.predict_scored(x), 0.0
         else:
-            rows, queued_s = await self.batcher.submit_timed(x, wait_s)
+            rows, queued_s = await self.batcher.submit_timed(x, wait_s, idle_s)
         seconds = time.perf_counter() - start  # model time of the shared pass, plus time queued for it
         loaded = self.engine.loaded
         names, check = loaded.class_names, loaded.input_check

@@ -54,9 +54,9 @@ class Settings(BaseSettings):
         description="dynamic batching: how long a /predict request waits for company; 0 = only requests already queued",
     )  # fmt: skip
     grpc_batch_wait_ms: float = Field(
-        default=2.0, ge=0.0, le=1000.0,
-        description="v2 gRPC: how long an eval call waits for other gRPC calls to share its forward pass, when others "
-        "are in flight (a call alone never waits); 0 = every call runs its own pass",
+        default=5.0, ge=0.0, le=1000.0,
+        description="v2 gRPC: once calls back up, the longest an eval call waits for others to share its forward pass "
+        "(the wait ends sooner when calls stop arriving; a lone client never waits); 0 = every call runs its own pass",
     )  # fmt: skip
     keep_freed_buffers: bool = Field(
         default=True,

@@ -54,7 +54,7 @@ class DataPlane:
     @property
     def version(self) -> str:
         """The v2 model version: the manifest's version read as the hexadecimal number it is (``27c2d976c8aa`` ->
-        ``43718405417130``). Triton's versions are integers and perf_analyzer parses them as such."""
+        ``43717825579178``). Triton's versions are integers and perf_analyzer parses them as such."""
         manifest = self.manifest_version
         if self._version is None or self._version[0] != manifest:
             self._version = (manifest, v2_version(manifest))
@@ -103,15 +103,20 @@ class DataPlane:
 
     # ---- inference ----------------------------------------------------------------------------------
     async def infer(
-        self, request: InferRequest, protocol: str, wait_s: float | None = None, inline: bool = False
+        self,
+        request: InferRequest,
+        protocol: str,
+        wait_s: float | None = None,
+        inline: bool = False,
+        idle_s: float | None = None,
     ) -> InferResponse:
-        """One inference; ``wait_s`` and ``inline`` say how an eval request shares a forward pass
+        """One inference; ``wait_s``, ``inline`` and ``idle_s`` say how an eval request shares a forward pass
         (:meth:`service.core.Core.predict_timed`)."""
         spec = self.model(request.model_name, request.model_version)
         stats = self._stats[spec.name]
         start = time.perf_counter_ns()
         try:
-            response = await self._infer(spec, request, protocol, stats, wait_s, inline)
+            response = await self._infer(spec, request, protocol, stats, (wait_s, inline, idle_s))
         except Exception:
             stats.failed(time.perf_counter_ns() - start)
             raise
@@ -124,8 +129,7 @@ class DataPlane:
         request: InferRequest,
         protocol: str,
         stats: ModelStats,
-        wait_s: float | None,
-        inline: bool,
+        sharing: tuple[float | None, bool, float | None],
     ) -> InferResponse:
         s = self.core.settings
         wanted = _requested(spec, request)
@@ -160,7 +164,7 @@ class DataPlane:
             parameters: dict[str, Any] = {"mc_samples": outcome.n_samples, "seed": outcome.seed}
             queued_ns = round(outcome.queued_s * 1e9)
         else:
-            rows, queued_s = await self.core.predict_timed(x, protocol, wait_s, inline)
+            rows, queued_s = await self.core.predict_timed(x, protocol, *sharing)
             t2 = time.perf_counter_ns()
             outputs, parameters = self._eval(spec, rows), {}
             queued_ns = round(queued_s * 1e9)

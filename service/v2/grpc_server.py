@@ -48,7 +48,9 @@ _HTTP_OF = {
     grpc.StatusCode.UNAVAILABLE: "503",
     grpc.StatusCode.CANCELLED: "499",
 }
-QUEUED_GAP_S = 100e-6  # a call this soon after the previous one ended was queued in grpc, not sent just now
+QUEUED_GAP_S = 150e-6  # a call this soon after the previous one ended was queued in grpc, not sent just now
+IDLE_S = 400e-6  # a waiting pass runs once no call arrived for this long (grpc.aio accepts one per ~0.1 ms here)
+MISSES = 3  # passes in a row without company before calls run at once again
 _ROUTES = {m: f"/{SERVICE_NAME}/{m}" for m in METHODS}  # the metrics' route label: the method's path
 # typed contents field per datatype (the protocol's InferTensorContents)
 _CONTENTS = {
@@ -162,11 +164,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self.plane = plane
         self.metrics = plane.core.metrics
         # grpc.aio hands the loop one call at a time, so eval calls find company only by waiting for it (measured at
-        # c = 64: 1.04 calls per pass without a wait, 15 with 2 ms), and waiting costs a lone call its whole wait.
-        # So calls run their pass at once until one arrives within QUEUED_GAP_S of the previous call's end (it was
-        # queued in grpc: calls are backing up); from then on they wait for company, until a pass finds none.
+        # c = 64: 1.04 calls per pass without a wait, 15 with 2 ms), and a lone call would pay its whole wait. So
+        # calls run their pass at once until one arrives within QUEUED_GAP_S of the previous call's end (it was
+        # queued in grpc: calls are backing up); from then on each waits for company, at most wait_s and only while
+        # calls keep arriving (IDLE_S), until MISSES passes in a row found none.
         self.wait_s = plane.core.settings.grpc_batch_wait_ms / 1000.0
         self.batching = False
+        self.misses = 0
         self.last_done = -1.0  # time.perf_counter() when the last ModelInfer call finished
         self.batcher = plane.core.batcher
 
@@ -236,13 +240,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         if not self.batching and self.wait_s > 0 and time.perf_counter() - self.last_done < QUEUED_GAP_S:
-            self.batching = True
+            self.batching, self.misses = True, 0
         batching = self.batching
 
         async def work() -> Any:
-            response = await self.plane.infer(parse_infer(request), "v2_grpc", self.wait_s, not batching)
-            if batching and self.batcher.last_batch_requests <= 1:
-                self.batching = False  # no company came: back to running passes at once
+            infer = parse_infer(request)
+            response = await self.plane.infer(infer, "v2_grpc", self.wait_s, not batching, IDLE_S)
+            if batching:
+                self.misses = self.misses + 1 if self.batcher.last_batch_requests <= 1 else 0
+                if self.misses >= MISSES:
+                    self.batching = False  # no company came: back to running passes at once
             return encode_infer(response)
 
         try:
