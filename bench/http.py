@@ -214,16 +214,8 @@ def run(
         work = Path(tmp)
         model_dir, model_note = artifact.resolve(model_dir, work / "model")
         image = artifact.sample_image()
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "MCSERVE_MODEL_DIR": str(model_dir),
-            "MCSERVE_TORCH_THREADS": str(server_threads),
-            "BENCH_MODEL_DIR": str(model_dir),
-            "BENCH_TORCH_THREADS": str(server_threads),
-            "OMP_NUM_THREADS": str(server_threads),
-            "PATH": f"{BENCH_VENV / 'bin'}:{os.environ.get('PATH', '')}",
-        }
+        env = procs.server_env(model_dir, server_threads, ROOT)
+        env["PATH"] = f"{BENCH_VENV / 'bin'}:{os.environ.get('PATH', '')}"
         for spec in _specs(model_dir, image, workers, work):
             if only and spec.name not in only:
                 continue

@@ -23,6 +23,19 @@ class Server:
     log_path: Path
 
 
+def server_env(model_dir: Path, threads: int, root: Path) -> dict[str, str]:
+    """The environment of every server under test: the same artifact and thread count for mcserve and the peers."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "MCSERVE_MODEL_DIR": str(model_dir),
+        "MCSERVE_TORCH_THREADS": str(threads),
+        "BENCH_MODEL_DIR": str(model_dir),
+        "BENCH_TORCH_THREADS": str(threads),
+        "OMP_NUM_THREADS": str(threads),
+    }
+
+
 def http_status(url: str, timeout: float = 2.0) -> int | None:
     """HTTP status of a GET, or None when nothing answers."""
     try:

@@ -259,15 +259,7 @@ def run(quick: bool, model_dir: Path | None, server_threads: int = 1) -> dict[st
         model_dir, model_note = artifact.resolve(model_dir, work / "model")
         names = model_names(model_dir)
         input_data = perf.write_input_data(work / "input.json", artifact.sample_image())
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "MCSERVE_MODEL_DIR": str(model_dir),
-            "MCSERVE_TORCH_THREADS": str(server_threads),
-            "BENCH_MODEL_DIR": str(model_dir),
-            "BENCH_TORCH_THREADS": str(server_threads),
-            "OMP_NUM_THREADS": str(server_threads),
-        }
+        env = procs.server_env(model_dir, server_threads, ROOT)
         version = _perf_version()
         all_specs = specs(names, _bench_python(), str(model_dir))
         for spec in all_specs:
