@@ -155,10 +155,3 @@ def test_v2_table_marks_unstable_levels_and_failures() -> None:
     assert "| mcserve ÷ Triton, v2 HTTP | n/a |" in table
     assert "mcserve v2 HTTP, MC" not in table  # never run: no row
     assert v2_table({}) == "_v2 benchmark not run_"
-
-
-@pytest.mark.skipif(not (perf.PERF_VENV / "bin" / "perf_analyzer").exists(), reason="scripts/perf_setup.sh not run")
-def test_run_against_nothing_raises_with_perf_analyzers_words(tmp_path: Path) -> None:
-    data = perf.write_input_data(tmp_path / "input.json", [0] * 784)
-    with pytest.raises(perf.PerfError, match="perf_analyzer failed"):
-        perf.run("m", "1", "127.0.0.1:1", "http", 1, data, perf.QUICK)
