@@ -9,7 +9,8 @@ between is here, so a request costs, counts and answers the same whichever way i
   so concurrent requests of every protocol share forward passes;
 * :meth:`Core.uncertainty`: Monte Carlo dropout in the engine's worker threads, under the same
   concurrency limit, with the request's own seed (a seeded answer is the same through every protocol);
-* :meth:`Core.mc_limit_problem`: the one statement of the MC work limits;
+* :meth:`Core.mc_limit_problem`: the one statement of the MC work limits, and admission control (a bound on
+  queued MC work and a queue deadline: ``service.admission``);
 * the inference metrics, labelled by ``protocol``.
 
 Nothing here knows about HTTP or gRPC; errors are :class:`~service.errors.ServiceError`, which each
@@ -26,6 +27,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from .admission import Admission
 from .batching import BatchStats, MicroBatcher
 from .engine import Engine
 from .inference import MCResult
@@ -54,6 +56,7 @@ class Core:
         self.engine = engine
         self.metrics = metrics
         self.settings = s = engine.settings
+        self.admission = Admission(s.max_queued_work, s.queue_timeout_s, metrics)
         self.batcher = MicroBatcher(
             engine.predict_scored,
             max_images=s.batch_max_images,
@@ -120,11 +123,14 @@ class Core:
     ) -> T:
         """MC dropout over pixels ``(B, 28, 28)`` (limits already checked), ``encode``-d in the worker thread.
 
-        ``seed`` None draws a fresh one (echoed in the outcome). Records the metrics."""
+        ``seed`` None draws a fresh one (echoed in the outcome). Admission control (``service.admission``) may refuse
+        it with a 503 :class:`~service.admission.Overloaded` before any work. Records the metrics."""
         seed = self.engine.fresh_seed() if seed is None else seed
-        summary, seconds, encoded = await self.engine.run(
-            self._uncertainty, x, n_samples, seed, encode, time.perf_counter()
-        )
+        submitted = time.perf_counter()
+        async with self.admission.admit(n_samples * len(x), self.engine.limiter, protocol):
+            summary, seconds, encoded = await self.engine.run_admitted(
+                self._uncertainty, x, n_samples, seed, encode, submitted
+            )
         self.metrics.record_uncertainty(summary, seconds, protocol)
         return encoded
 

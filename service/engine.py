@@ -181,8 +181,17 @@ class Engine:
         gen = self.generator(seed, loaded.device)
         return mc_predict(loaded.model, x.to(loaded.device), n_samples, gen, self.settings.mc_chunk_size)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` in a worker thread, never more than ``max_concurrency`` at once."""
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        """The ``max_concurrency`` worker tokens (made on first use, inside the running event loop)."""
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.settings.max_concurrency)
-        return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self._limiter)
+        return self._limiter
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in a worker thread, never more than ``max_concurrency`` at once."""
+        return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
+
+    async def run_admitted(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in a worker thread when the caller already holds one of :attr:`limiter`'s tokens."""
+        return await anyio.to_thread.run_sync(partial(fn, *args))

@@ -38,9 +38,11 @@ import numpy as np
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .admission import Overloaded
 from .core import SEED_LIMIT, Core
 from .decode import decode_json_request
 from .encode import predict_payload, uncertainty_payload_of
+from .errors import error_body
 from .limits import replay_body
 
 _JSON = b"application/json"
@@ -98,7 +100,12 @@ class FastPredictPath:
             body, more = await _read_body(receive)
             if body is None:  # the client disconnected mid-body: nobody to answer
                 return
-            payload = None if more else await self._answer(scope["path"], body)
+            try:
+                payload = None if more else await self._answer(scope["path"], body)
+            except Overloaded as exc:  # refused by admission control: answered here, at once, in the one shape
+                await _send_error(send, exc)
+                metrics.record_http(scope["path"], "POST", str(exc.status), time.perf_counter() - start, "rest")
+                return
         finally:
             metrics.in_flight.dec()
         if payload is None:  # anything this layer does not answer gets the full application, body replayed
@@ -125,6 +132,8 @@ class FastPredictPath:
         x, fields = decoded
         try:
             return await (self._predict(x) if path == _PREDICT else self._uncertainty(x, fields))
+        except Overloaded:
+            raise
         except Exception:  # e.g. a failed forward pass: the application answers it (and logs and counts it)
             log.exception("fast path failed; handing the request to the application")
             return None
@@ -143,6 +152,13 @@ class FastPredictPath:
             return None
         loaded = self.engine.loaded
         return await core.uncertainty(x, n, seed, "rest", lambda outcome: uncertainty_payload_of(loaded, outcome))
+
+
+async def _send_error(send: Send, exc: Overloaded) -> None:
+    data = orjson.dumps(error_body(exc.code, exc.message, exc.field))
+    headers = [*_HEADERS, (b"content-length", str(len(data)).encode()), (b"retry-after", b"1")]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
 
 
 async def _read_body(receive: Receive) -> tuple[bytes | None, bool]:

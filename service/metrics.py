@@ -100,6 +100,13 @@ class Metrics:
         for endpoint in ("predict", "predict_uncertainty"):  # exported as 0 from the start: rates need a series
             for protocol in PROTOCOLS:
                 self.input_outliers.labels(endpoint, protocol)
+        self.shed = Counter(
+            "mcserve_shed_requests", "Requests refused with 503 overloaded (MC admission control), by reason",
+            ["endpoint", "reason", "protocol"], registry=registry,
+        )  # fmt: skip
+        for reason in ("queue_full", "queue_timeout"):  # exported as 0 from the start: rates need a series
+            for protocol in PROTOCOLS:
+                self.shed.labels("predict_uncertainty", reason, protocol)
         self.model_info = Gauge(
             "mcserve_model_info", "Loaded model (value 1) with its identity as labels",
             ["name", "version", "sha256", "device"], registry=registry, multiprocess_mode="livemax",
@@ -183,6 +190,10 @@ class Metrics:
         self.child(self.inference_latency, "predict_uncertainty", protocol).observe(seconds)
         self.child(self.mc_samples, protocol).observe(summary.n_samples)
         self.record_predictions("predict_uncertainty", summary.labels, summary.outliers, protocol)
+
+    def record_shed(self, endpoint: str, reason: str, protocol: str) -> None:
+        """One request refused by admission control (``reason``: queue_full or queue_timeout)."""
+        self.child(self.shed, endpoint, reason, protocol).inc()
 
     def record_batch(self, requests: int, images: int) -> None:
         """One dynamic-batching forward pass of ``/predict``: how many requests and images it served."""

@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     max_png_bytes: int = Field(default=64 * 1024, ge=64, description="largest decoded PNG file in bytes")
     mc_chunk_size: int = Field(default=8192, ge=1, description="rows (samples x images) per MC step")
     max_concurrency: int = Field(default=2, ge=1, description="inference calls running at once in the worker threads")
+    max_queued_work: int = Field(
+        default=1_024_000, ge=1,
+        description="admission control: most MC work (passes x images) waiting for a worker; more is refused at once "
+        "with 503 overloaded",
+    )  # fmt: skip
+    queue_timeout_s: float = Field(
+        default=2.0, gt=0.0, le=300.0,
+        description="admission control: an MC request that has not started within this is refused with 503 overloaded",
+    )  # fmt: skip
     fast_path: bool = Field(
         default=True,
         description="serve well-formed /predict and /predict/uncertainty pixel requests without FastAPI's overhead",

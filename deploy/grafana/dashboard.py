@@ -115,6 +115,14 @@ def panels() -> list[Panel]:
             "(Open Inference Protocol).",
         ),
         panel(
+            "MC requests shed (503 overloaded)",
+            "timeseries",
+            [target(f"sum by (reason) (rate(mcserve_shed_requests_total[{RATE}]))", "{{reason}}", "A")],
+            "reqps",
+            "Monte Carlo requests refused by admission control: queue of MC work full, or queue deadline missed "
+            "(alert: above 1% of MC requests for 5 min).",
+        ),
+        panel(
             "Errors by route and status",
             "timeseries",
             [
