@@ -1,4 +1,7 @@
-"""Command line: ``python -m bench {kernel,http,v2,batching,train,coldstart,all,report} [--quick] --json PATH``."""
+"""Command line: ``python -m bench {SECTION,all,report} [--quick] --json PATH``; ``all`` runs every one of ``SECTIONS``.
+
+SECTION is kernel, http, v2, batching, overload, coldstart or train.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_JSON = Path("bench/results/all.json")
+SECTIONS = ["kernel", "http", "v2", "batching", "overload", "coldstart", "train"]
 
 
 def machine() -> dict[str, Any]:
@@ -62,6 +66,10 @@ def _run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
         from bench import batching
 
         data = batching.run(args.quick, args.model_dir, args.server_threads)
+    elif name == "overload":
+        from bench import overload
+
+        data = overload.run(args.quick, args.model_dir, args.server_threads)
     elif name == "coldstart":
         from bench import coldstart
 
@@ -78,7 +86,7 @@ def _run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("command", choices=["kernel", "http", "v2", "batching", "train", "coldstart", "all", "report"])
+    parser.add_argument("command", choices=[*SECTIONS, "all", "report"])
     parser.add_argument("--quick", action="store_true", help="smaller matrix / shorter runs (< 2 min each)")
     parser.add_argument("--json", type=Path, default=None, help="where to write the results (report: where to read)")
     parser.add_argument("--model-dir", type=Path, default=None, help="artifact to serve; default: random weights")
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
         report.write(args.json or DEFAULT_JSON, args.doc)
         return 0
-    sections = ["kernel", "http", "v2", "batching", "coldstart", "train"] if args.command == "all" else [args.command]
+    sections = SECTIONS if args.command == "all" else [args.command]
     results: dict[str, Any] = {"machine": machine()}
     for name in sections:
         print(f"bench: {name} ...", flush=True)

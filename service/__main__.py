@@ -93,6 +93,11 @@ def main() -> int:
 
     import uvicorn
 
+    # CPU-bound worker threads (MC kernel calls, big-body decodes) hold the GIL in turns of the switch interval;
+    # the event loop, which answers every small request, then waits up to that long for each turn. 1 ms instead of
+    # Python's 5 ms keeps /predict, health and validation errors quick while MC work runs.
+    sys.setswitchinterval(0.001)
+
     def serve(app: Any, **extra: Any) -> None:
         uvicorn.run(
             app,

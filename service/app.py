@@ -74,6 +74,7 @@ def create_app(
             metrics.ready.set(0)
             if grpc_server is not None:  # uvicorn has drained HTTP; in-flight gRPC calls get the same grace
                 await grpc_server.stop(settings.graceful_shutdown_s)
+            core.close()
             metrics.process_exiting()
 
     app = McServe(

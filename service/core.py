@@ -7,10 +7,11 @@ between is here, so a request costs, counts and answers the same whichever way i
 
 * :meth:`Core.predict`: deterministic rows through the one :class:`~service.batching.MicroBatcher`,
   so concurrent requests of every protocol share forward passes;
-* :meth:`Core.uncertainty`: Monte Carlo dropout in the engine's worker threads, under the same
-  concurrency limit, with the request's own seed (a seeded answer is the same through every protocol);
-* :meth:`Core.mc_limit_problem`: the one statement of the MC work limits, and admission control (a bound on
-  queued MC work and a queue deadline: ``service.admission``);
+* :meth:`Core.uncertainty`: Monte Carlo dropout through the one :class:`~service.mcbatch.MCScheduler`, so
+  concurrent requests of every protocol share kernel calls, scheduled fairly by cost, under admission control (a
+  bound on queued MC work and a queue deadline), each with its own seed (a seeded answer is the same through every
+  protocol and in any company);
+* :meth:`Core.mc_limit_problem`: the one statement of the MC work limits;
 * the inference metrics, labelled by ``protocol``.
 
 Nothing here knows about HTTP or gRPC; errors are :class:`~service.errors.ServiceError`, which each
@@ -19,18 +20,20 @@ adapter maps to its status codes.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-import torch
 
-from .admission import Admission
 from .batching import BatchStats, MicroBatcher
 from .engine import Engine
 from .inference import MCResult
+from .mcbatch import MCScheduler
 from .metrics import MCSummary, Metrics
 
 T = TypeVar("T")
@@ -56,7 +59,18 @@ class Core:
         self.engine = engine
         self.metrics = metrics
         self.settings = s = engine.settings
-        self.admission = Admission(s.max_queued_work, s.queue_timeout_s, metrics)
+        self._decoder: ThreadPoolExecutor | None = None
+        self.mc = MCScheduler(
+            lambda: engine.loaded.model,
+            lambda: engine.loaded.device,
+            metrics,
+            max_rows=s.mc_chunk_size,
+            max_calls=s.max_concurrency,
+            share=s.mc_batch,
+            wait_s=s.mc_batch_wait_ms / 1000.0,
+            max_queued_work=s.max_queued_work,
+            queue_timeout_s=s.queue_timeout_s,
+        )
         self.batcher = MicroBatcher(
             engine.predict_scored,
             max_images=s.batch_max_images,
@@ -123,29 +137,34 @@ class Core:
     ) -> T:
         """MC dropout over pixels ``(B, 28, 28)`` (limits already checked), ``encode``-d in the worker thread.
 
-        ``seed`` None draws a fresh one (echoed in the outcome). Admission control (``service.admission``) may refuse
-        it with a 503 :class:`~service.admission.Overloaded` before any work. Records the metrics."""
+        The request shares kernel calls with whatever other MC requests are running (``service.mcbatch``); its
+        answer does not depend on them. ``seed`` None draws a fresh one (echoed in the outcome). Admission control
+        may refuse it with a 503 :class:`~service.admission.Overloaded` before any work. Records the metrics."""
         seed = self.engine.fresh_seed() if seed is None else seed
-        submitted = time.perf_counter()
-        async with self.admission.admit(n_samples * len(x), self.engine.limiter, protocol):
-            summary, seconds, encoded = await self.engine.run_admitted(
-                self._uncertainty, x, n_samples, seed, encode, submitted
-            )
+        engine = self.engine
+
+        def finish(result: MCResult, seconds: float, queued_s: float) -> tuple[MCSummary, float, T]:
+            residuals = engine.input_residuals_array(x)
+            outcome = MCOutcome(_to_cpu(result), residuals, n_samples, seed, seconds, queued_s)
+            return _summarise(engine, outcome), seconds, encode(outcome)
+
+        summary, seconds, encoded = await self.mc.submit(x, n_samples, seed, protocol, finish)
         self.metrics.record_uncertainty(summary, seconds, protocol)
         return encoded
 
-    def _uncertainty(
-        self, x: np.ndarray, n_samples: int, seed: int, encode: Callable[[MCOutcome], T], submitted: float
-    ) -> tuple[MCSummary, float, T]:
-        engine = self.engine
-        start = time.perf_counter()
-        t = torch.from_numpy(x)
-        result = engine.predict_mc(t, n_samples, seed)
-        result = _to_cpu(result)
-        seconds = time.perf_counter() - start
-        residuals = engine.input_residuals_array(x)
-        outcome = MCOutcome(result, residuals, n_samples, seed, seconds, max(start - submitted, 0.0))
-        return _summarise(engine, outcome), seconds, encode(outcome)
+    async def off_loop(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` in the one decode thread: big request bodies are parsed there, one at a time, so the event
+        loop keeps answering small requests (health, ``/predict``, errors) meanwhile."""
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(1, thread_name_prefix="mcserve-decode")
+        return await asyncio.get_running_loop().run_in_executor(self._decoder, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        """Stop the MC and decode worker threads (the lifespan's end)."""
+        self.mc.close()
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=False, cancel_futures=True)
+            self._decoder = None
 
 
 def _to_cpu(result: MCResult) -> MCResult:

@@ -19,7 +19,7 @@ from mcnet import ArtifactError, DropoutMLP, load_artifact
 from mcnet.inputcheck import InputCheck, load_input_check
 
 from .evalkernel import EvalKernel
-from .inference import MCResult, mc_predict, predict_eval
+from .inference import mc_predict, predict_eval
 from .memory import keep_freed_buffers
 from .settings import Settings
 
@@ -175,12 +175,6 @@ class Engine:
             return loaded.kernel.scores(x)
         return loaded.input_check.score(torch.from_numpy(x)).to(torch.float64).numpy()
 
-    def predict_mc(self, x: torch.Tensor, n_samples: int, seed: int) -> MCResult:
-        """MC dropout summaries (on the model's device) with masks from a generator seeded with ``seed``."""
-        loaded = self.loaded
-        gen = self.generator(seed, loaded.device)
-        return mc_predict(loaded.model, x.to(loaded.device), n_samples, gen, self.settings.mc_chunk_size)
-
     @property
     def limiter(self) -> anyio.CapacityLimiter:
         """The ``max_concurrency`` worker tokens (made on first use, inside the running event loop)."""
@@ -191,7 +185,3 @@ class Engine:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in a worker thread, never more than ``max_concurrency`` at once."""
         return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
-
-    async def run_admitted(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` in a worker thread when the caller already holds one of :attr:`limiter`'s tokens."""
-        return await anyio.to_thread.run_sync(partial(fn, *args))

@@ -11,11 +11,12 @@ cost about 1.5 ms of CPU per request here. This ASGI middleware answers the comm
   (``/predict/uncertainty``), holding only numbers and lists, with images that ``decode_batch``
   accepts: ``service.decode.decode_json_request`` checks all that while it decodes;
 * ``/predict`` images go to the :class:`~service.batching.MicroBatcher`, so concurrent
-  requests share one forward pass; MC requests run in the engine's worker threads under the
-  same concurrency limit as the route;
+  requests share one forward pass; MC requests go to the :class:`~service.mcbatch.MCScheduler`,
+  as the route's do;
 * the payload is built by ``service.encode`` (as the route does) and serialised by orjson.
 
-Anything else (PNG input, a body over ``FAST_PATH_MAX_BODY_BYTES``, a parse error, an unknown
+Bodies over ``FAST_PATH_MAX_BODY_BYTES`` are decoded in the core's decode thread, off the event loop.
+Anything else (PNG input, a body over ``MCSERVE_MAX_BODY_BYTES``, a parse error, an unknown
 field, a bad pixel, ``n_samples``/``seed`` out of range or of another type, too much work,
 the model not ready yet) is handed, with its body replayed untouched, to the FastAPI
 application, which produces the one canonical response or error. So the fast path changes
@@ -24,7 +25,7 @@ speed, not the API: the tests send the same requests both ways and compare the p
 It is the application's outermost layer (``service.app.McServe``): the requests it answers
 never reach FastAPI's per-request telemetry check or Starlette's middleware stack, so it
 records their HTTP metrics itself (the same series ``MetricsMiddleware`` records), reads
-bodies of at most ``FAST_PATH_MAX_BODY_BYTES`` itself, and delegates cross-origin requests
+bodies of at most ``MCSERVE_MAX_BODY_BYTES`` itself, and delegates cross-origin requests
 when CORS is configured.
 """
 
@@ -46,8 +47,9 @@ from .errors import error_body
 from .limits import replay_body
 
 _JSON = b"application/json"
-# Bodies above this (about 20 images as JSON) go to the route, which decodes in a worker thread: decoding
-# runs on the event loop here, and a 256-image body would hold the loop for several milliseconds.
+# Bodies up to this (about 20 images as JSON) are decoded on the event loop; bigger ones (up to
+# MCSERVE_MAX_BODY_BYTES) in the core's decode thread: a 256-image body would hold the loop for several
+# milliseconds. An MC body that big is refused unparsed while the MC queue is full.
 FAST_PATH_MAX_BODY_BYTES = 64 * 1024
 _HEADERS = [(b"content-type", b"application/json")]
 _PREDICT, _UNCERTAINTY = "/predict", "/predict/uncertainty"
@@ -61,7 +63,7 @@ class FastPredictPath:
 
     It is the outermost layer (``create_app`` puts it in front of FastAPI's own ``__call__``), so the requests it
     answers skip FastAPI's per-request telemetry check and Starlette's middleware stack; it therefore records their
-    HTTP metrics itself, as ``MetricsMiddleware`` does for everything else, and enforces its own small body limit.
+    HTTP metrics itself, as ``MetricsMiddleware`` does for everything else; bigger bodies than it reads go on.
     """
 
     def __init__(self, app: ASGIApp, core: Core) -> None:
@@ -72,6 +74,7 @@ class FastPredictPath:
         settings = core.settings
         self.settings = settings
         self.max_batch = settings.max_batch
+        self.max_body = settings.max_body_bytes  # larger bodies go to the application, whose limit answers 413
         self.cors = bool(settings.cors_origins)  # cross-origin requests need CORSMiddleware's headers: delegate them
 
     def _wants(self, scope: Scope) -> bool:
@@ -83,7 +86,7 @@ class FastPredictPath:
             if name == b"content-type":
                 json_body = value.split(b";", 1)[0].strip().lower() == _JSON
             elif name == b"content-length":
-                if not value.isdigit() or int(value) > FAST_PATH_MAX_BODY_BYTES:
+                if not value.isdigit() or int(value) > self.max_body:
                     return False
             elif name == b"origin" and self.cors:
                 return False
@@ -97,7 +100,7 @@ class FastPredictPath:
         metrics = self.metrics
         metrics.in_flight.inc()
         try:
-            body, more = await _read_body(receive)
+            body, more = await _read_body(receive, self.max_body)
             if body is None:  # the client disconnected mid-body: nobody to answer
                 return
             try:
@@ -124,9 +127,13 @@ class FastPredictPath:
 
     async def _answer(self, path: str, body: bytes) -> dict[str, Any] | None:
         """The payload for a request this layer serves, or None to hand it to the application."""
-        if len(body) > FAST_PATH_MAX_BODY_BYTES:
-            return None
-        decoded = decode_json_request(body, _MC_KEYS if path == _UNCERTAINTY else _PREDICT_KEYS, self.max_batch)
+        keys = _MC_KEYS if path == _UNCERTAINTY else _PREDICT_KEYS
+        if len(body) <= FAST_PATH_MAX_BODY_BYTES:
+            decoded = decode_json_request(body, keys, self.max_batch)
+        elif path == _UNCERTAINTY and self.core.mc.full:  # refused before the costly parse
+            raise self.core.mc.refuse_full("rest")
+        else:
+            decoded = await self.core.off_loop(decode_json_request, body, keys, self.max_batch)
         if decoded is None:
             return None
         x, fields = decoded
@@ -161,9 +168,9 @@ async def _send_error(send: Send, exc: Overloaded) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-async def _read_body(receive: Receive) -> tuple[bytes | None, bool]:
-    """``(body, more)``: the body, or its first ``FAST_PATH_MAX_BODY_BYTES``-odd bytes with ``more`` set when a
-    chunked body runs past that; ``(None, False)`` when the client disconnected."""
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes | None, bool]:
+    """``(body, more)``: the body, or its first ``limit``-odd bytes with ``more`` set when a chunked body runs past
+    that; ``(None, False)`` when the client disconnected."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -174,5 +181,5 @@ async def _read_body(receive: Receive) -> tuple[bytes | None, bool]:
         chunks.append(chunk)
         size += len(chunk)
         more = bool(message.get("more_body", False))
-        if not more or size > FAST_PATH_MAX_BODY_BYTES:
+        if not more or size > limit:
             return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), more

@@ -157,7 +157,7 @@ def _use_sparse(active: int, width: int, passes: int) -> bool:
     return active <= _SPARSE_MAX_FRACTION * width and passes >= _SPARSE_MIN_PASSES
 
 
-def mc_predict(
+def mc_predict_torch(
     model: DropoutMLP,
     x: torch.Tensor,
     n_samples: int,
@@ -165,7 +165,7 @@ def mc_predict(
     chunk_size: int = 8192,
     sparse: bool | None = None,
 ) -> MCResult:
-    """Monte Carlo dropout with no Python loop over samples.
+    """Monte Carlo dropout in torch, for one request on any device (the service runs it on CUDA).
 
     ``hidden1`` (everything before the first dropout) runs once per image. The T
     stochastic passes of the rest run as batched tensor operations over blocks of
@@ -247,3 +247,19 @@ def mc_predict(
             mutual_information=mutual.float(),
             n_samples=n_samples,
         )
+
+
+def mc_predict(
+    model: DropoutMLP, x: torch.Tensor, n_samples: int, generator: torch.Generator, chunk_size: int = 8192
+) -> MCResult:
+    """MC dropout summaries of ``n_samples`` passes over ``x`` with masks determined by ``generator``'s state.
+
+    On CPU: the tiled numpy kernel the service runs (``service.mckernel``), seeded with one 64-bit draw from
+    ``generator``, in calls of at most ``chunk_size`` rows. On CUDA: :func:`mc_predict_torch`.
+    """
+    if x.device.type != "cpu" or model.fc1.weight.device.type != "cpu":
+        return mc_predict_torch(model, x, n_samples, generator, chunk_size)
+    from .mckernel import mc_tiled
+
+    seed = int(torch.randint(_WORD_LOW, _WORD_HIGH, (), generator=generator, dtype=torch.int64)) & (2**64 - 1)
+    return mc_tiled(model, x.numpy(), n_samples, seed, chunk_size)

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+ROW_BUCKETS = (1, 10, 100, 250, 500, 1000, 2000, 4000, 8192, 16384, 65536)
 SAMPLE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 ENTROPY_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5)
 MI_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
@@ -119,6 +120,19 @@ class Metrics:
             "mcserve_batch_coalesced_images", "Images in one /predict forward pass (dynamic batching)",
             buckets=BATCH_BUCKETS, registry=registry,
         )  # fmt: skip
+        self.mc_coalesced_requests = Histogram(
+            "mcserve_mc_batch_coalesced_requests",
+            "Uncertainty requests sharing one Monte Carlo kernel call (cross-request MC batching)",
+            buckets=BATCH_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.mc_coalesced_rows = Histogram(
+            "mcserve_mc_batch_coalesced_rows", "Rows (passes x images) in one Monte Carlo kernel call",
+            buckets=ROW_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.mc_queued_work = Gauge(
+            "mcserve_mc_queued_work", "Monte Carlo work (passes x images) admitted and not yet computed",
+            registry=registry, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.ready = Gauge(
             "mcserve_model_ready", "1 when the model is loaded and warmed up", registry=registry,
             multiprocess_mode="livemin",
@@ -194,6 +208,11 @@ class Metrics:
     def record_shed(self, endpoint: str, reason: str, protocol: str) -> None:
         """One request refused by admission control (``reason``: queue_full or queue_timeout)."""
         self.child(self.shed, endpoint, reason, protocol).inc()
+
+    def record_mc_batch(self, requests: int, rows: int) -> None:
+        """One Monte Carlo kernel call: how many uncertainty requests and rows (passes x images) it served."""
+        self.mc_coalesced_requests.observe(requests)
+        self.mc_coalesced_rows.observe(rows)
 
     def record_batch(self, requests: int, images: int) -> None:
         """One dynamic-batching forward pass of ``/predict``: how many requests and images it served."""

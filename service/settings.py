@@ -40,8 +40,21 @@ class Settings(BaseSettings):
     max_work: int = Field(default=102_400, ge=1, description="cap on n_samples x images for one uncertainty request")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="largest request body, bytes (413)")
     max_png_bytes: int = Field(default=64 * 1024, ge=64, description="largest decoded PNG file in bytes")
-    mc_chunk_size: int = Field(default=8192, ge=1, description="rows (samples x images) per MC step")
+    mc_chunk_size: int = Field(
+        default=8192, ge=1,
+        description="most rows (passes x images) in one Monte Carlo kernel call, shared by the requests in it",
+    )  # fmt: skip
     max_concurrency: int = Field(default=2, ge=1, description="inference calls running at once in the worker threads")
+    mc_batch: bool = Field(
+        default=True,
+        description="cross-request MC batching: concurrent uncertainty requests share kernel calls (a seeded answer "
+        "is the same either way); false = each kernel call serves one request",
+    )
+    mc_batch_wait_ms: float = Field(
+        default=0.0, ge=0.0, le=1000.0,
+        description="cross-request MC batching: how long an MC request waits for company when no kernel call is "
+        "running; 0 = a lone request starts at once",
+    )  # fmt: skip
     max_queued_work: int = Field(
         default=1_024_000, ge=1,
         description="admission control: most MC work (passes x images) waiting for a worker; more is refused at once "

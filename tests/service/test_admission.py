@@ -68,7 +68,7 @@ def test_a_flood_of_heavy_mc_requests_is_shed_fast_and_light_requests_do_not_wai
     assert shed == statuses.count(503)
     assert engine.settings.max_queued_work == 2 * work
     core = app.state.core
-    assert core.admission.queued_work == 0  # nothing left accounted as queued
+    assert core.mc.queued_work == 0  # nothing left accounted as queued
 
 
 def test_admission_settings_are_validated() -> None:

@@ -1,8 +1,10 @@
-"""The pure-torch kernels: eval prediction and the vectorised MC dropout kernel against the naive train() loop."""
+"""The kernels: eval prediction, and both MC dropout kernels (the tiled one the service runs on CPU, the torch one it
+runs on CUDA, here on CPU) against the naive train() loop."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -16,11 +18,25 @@ from service.inference import (
     _use_sparse,
     effective_dropout,
     mc_predict,
+    mc_predict_torch,
     predict_eval,
     random_words,
 )
 
 T = 3000  # passes on each side of the equivalence test
+Kernel = Callable[[DropoutMLP, torch.Tensor, int, torch.Generator, int], MCResult]
+
+
+def _torch(sparse: bool) -> Kernel:
+    def kernel(model: DropoutMLP, x: torch.Tensor, n: int, g: torch.Generator, chunk_size: int = 8192) -> MCResult:
+        return mc_predict_torch(model, x, n, g, chunk_size, sparse=sparse)
+
+    return kernel
+
+
+# mc_predict on CPU is the tiled kernel (service.mckernel); the torch kernel is what CUDA runs, in both its paths
+KERNELS = {"tiled": mc_predict, "torch-dense": _torch(False), "torch-active": _torch(True)}
+each_kernel = pytest.mark.parametrize("kernel", list(KERNELS.values()), ids=list(KERNELS))
 
 
 @pytest.fixture(scope="module")
@@ -100,48 +116,50 @@ def test_predict_eval_is_the_deterministic_softmax(model: DropoutMLP, x: torch.T
     assert torch.allclose(probs.sum(-1), torch.ones(len(x)))
 
 
-@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "active-units"])
+@each_kernel
 def test_mc_kernel_is_statistically_equivalent_to_train_mode_passes(
-    model: DropoutMLP, x: torch.Tensor, naive: torch.Tensor, sparse: bool
+    model: DropoutMLP, x: torch.Tensor, naive: torch.Tensor, kernel: Kernel
 ) -> None:
     samples = naive
     assert samples.var(0).max() > 1e-3, "the test needs a model whose dropout actually moves the probabilities"
-    result = mc_predict(model, x, T, gen(7), chunk_size=500, sparse=sparse)  # 83 samples per chunk, many chunks
+    result = kernel(model, x, T, gen(7), 500)  # 83 samples per chunk, many chunks
     checks = equivalent(result, samples)
     assert checks == dict.fromkeys(checks, True)
     assert not model.training
 
 
-@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "active-units"])
+@each_kernel
 def test_equivalence_check_detects_a_wrong_dropout_rate(
-    model: DropoutMLP, x: torch.Tensor, naive: torch.Tensor, sparse: bool
+    model: DropoutMLP, x: torch.Tensor, naive: torch.Tensor, kernel: Kernel
 ) -> None:
     """The tolerance is tight enough to fail for a kernel whose dropout differs from train() mode."""
     wrong = DropoutMLP(Architecture(dropout=(0.2, 0.3)))
     wrong.load_state_dict(model.state_dict())
     wrong.eval()
-    checks = equivalent(mc_predict(wrong, x, T, gen(7), chunk_size=500, sparse=sparse), naive)
+    checks = equivalent(kernel(wrong, x, T, gen(7), 500), naive)
     assert not (checks["variance"] and checks["mutual_information"])
 
 
-@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "active-units"])
-def test_same_seed_same_result_other_seed_differs(model: DropoutMLP, x: torch.Tensor, sparse: bool) -> None:
-    a = mc_predict(model, x, 50, gen(42), chunk_size=64, sparse=sparse)
-    b = mc_predict(model, x, 50, gen(42), chunk_size=64, sparse=sparse)
-    c = mc_predict(model, x, 50, gen(43), chunk_size=64, sparse=sparse)
+@each_kernel
+def test_same_seed_same_result_other_seed_differs(model: DropoutMLP, x: torch.Tensor, kernel: Kernel) -> None:
+    a = kernel(model, x, 50, gen(42), 64)
+    b = kernel(model, x, 50, gen(42), 64)
+    c = kernel(model, x, 50, gen(43), 64)
     for field in ("mean_probs", "variance", "std", "predictive_entropy", "expected_entropy", "mutual_information"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
     assert not torch.equal(a.mean_probs, c.mean_probs)
 
 
-@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "active-units"])
+@each_kernel
 @pytest.mark.parametrize("chunk_size", [1, 5, 12, 10_000])
-def test_without_dropout_mc_reduces_to_eval(model: DropoutMLP, x: torch.Tensor, chunk_size: int, sparse: bool) -> None:
+def test_without_dropout_mc_reduces_to_eval(
+    model: DropoutMLP, x: torch.Tensor, chunk_size: int, kernel: Kernel
+) -> None:
     """With p = 0 every pass equals the eval pass: exact checks of the reductions for any chunking."""
     plain = DropoutMLP(Architecture(dropout=(0.0, 0.0)))
     plain.load_state_dict(model.state_dict())
     plain.eval()
-    r = mc_predict(plain, x, 7, gen(0), chunk_size=chunk_size, sparse=sparse)
+    r = kernel(plain, x, 7, gen(0), chunk_size)
     probs = predict_eval(plain, x)
     assert r.n_samples == 7
     torch.testing.assert_close(r.mean_probs, probs, atol=1e-6, rtol=0)
@@ -151,9 +169,9 @@ def test_without_dropout_mc_reduces_to_eval(model: DropoutMLP, x: torch.Tensor, 
     assert float(r.mutual_information.max()) < 1e-5
 
 
-@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "active-units"])
-def test_summaries_are_consistent(model: DropoutMLP, x: torch.Tensor, sparse: bool) -> None:
-    r = mc_predict(model, x, 200, gen(1), chunk_size=100, sparse=sparse)
+@each_kernel
+def test_summaries_are_consistent(model: DropoutMLP, x: torch.Tensor, kernel: Kernel) -> None:
+    r = kernel(model, x, 200, gen(1), 100)
     torch.testing.assert_close(r.mean_probs.sum(-1), torch.ones(len(x)))
     assert bool((r.variance >= 0).all()) and bool((r.mutual_information >= 0).all())
     torch.testing.assert_close(r.std**2, r.variance)
@@ -161,7 +179,10 @@ def test_summaries_are_consistent(model: DropoutMLP, x: torch.Tensor, sparse: bo
     assert r.mean_probs.shape == r.variance.shape == (len(x), 10)
 
 
-def test_active_unit_path_handles_images_with_no_active_unit(model: DropoutMLP, x: torch.Tensor) -> None:
+@each_kernel
+def test_active_unit_path_handles_images_with_no_active_unit(
+    model: DropoutMLP, x: torch.Tensor, kernel: Kernel
+) -> None:
     """Negative fc1 biases switch hidden1 off: fc2 then sees only its bias, whatever the first mask."""
     dark = DropoutMLP(Architecture(dropout=(0.2, 0.0)))  # no second dropout: every pass is then identical
     dark.load_state_dict(model.state_dict())
@@ -170,13 +191,13 @@ def test_active_unit_path_handles_images_with_no_active_unit(model: DropoutMLP, 
         dark.fc1.bias.fill_(-1e4)
         dark.fc1.bias[:3] = 1e4  # 3 units on for every image: K = 3
     images = torch.cat([x[:2].reshape(2, 784), torch.zeros(1, 784)])
-    r = mc_predict(dark, images, 40, gen(0), chunk_size=64, sparse=True)
+    r = kernel(dark, images, 40, gen(0), 64)
     torch.testing.assert_close(r.mean_probs.sum(-1), torch.ones(3))
     assert float(r.variance.max()) > 1e-6  # the 3 active units are still dropped at random
     with torch.no_grad():
         dark.fc1.bias.fill_(-1e4)  # nothing active in any image
         constant = F.softmax(dark.fc3(F.relu(dark.fc2.bias)), dim=-1)
-    r = mc_predict(dark, images, 40, gen(0), chunk_size=64, sparse=True)
+    r = kernel(dark, images, 40, gen(0), 64)
     torch.testing.assert_close(r.mean_probs, constant.expand(3, -1), atol=1e-6, rtol=0)
     assert float(r.variance.max()) < 1e-10
 
@@ -186,16 +207,18 @@ def test_weights_changed_in_place_are_seen_by_the_next_call(model: DropoutMLP, x
     plain = DropoutMLP(Architecture(dropout=(0.0, 0.0)))
     plain.load_state_dict(model.state_dict())
     plain.eval()
-    mc_predict(plain, x, 20, gen(0), sparse=True)  # fills the cache
+    for kernel in KERNELS.values():
+        kernel(plain, x, 20, gen(0))  # fills the caches
     with torch.no_grad():
+        plain.fc1.weight.mul_(1.5)
         plain.fc2.weight.mul_(0.5)
         plain.fc3.bias.add_(1.0)
-    for sparse in (False, True):
-        r = mc_predict(plain, x, 20, gen(0), sparse=sparse)
+    for kernel in KERNELS.values():
+        r = kernel(plain, x, 20, gen(0))
         torch.testing.assert_close(r.mean_probs, predict_eval(plain, x), atol=1e-6, rtol=0)
 
 
-def test_path_choice_follows_activity_and_passes_per_chunk() -> None:
+def test_torch_kernel_path_choice_follows_activity_and_passes_per_chunk() -> None:
     assert _use_sparse(active=41, width=256, passes=100)  # a trained model: ~16 % of units active
     assert not _use_sparse(active=200, width=256, passes=100)  # most units active: the dense GEMM is cheaper
     assert not _use_sparse(active=41, width=256, passes=10)  # few passes per image: gathers do not pay back
@@ -203,8 +226,9 @@ def test_path_choice_follows_activity_and_passes_per_chunk() -> None:
 
 def test_kernel_refuses_a_model_in_train_mode(model: DropoutMLP, x: torch.Tensor) -> None:
     twin = copy.deepcopy(model).train()
-    with pytest.raises(RuntimeError, match="eval"):
-        mc_predict(twin, x, 2, gen(0))
+    for kernel in KERNELS.values():
+        with pytest.raises(RuntimeError, match="eval"):
+            kernel(twin, x, 2, gen(0))
     with pytest.raises(RuntimeError, match="eval"):
         predict_eval(twin, x)
 

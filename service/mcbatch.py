@@ -1,0 +1,302 @@
+"""Cross-request batching, fair scheduling and admission control for Monte Carlo work.
+
+Every uncertainty request, whatever protocol it came by, becomes a *job* here. A job is cut into the
+kernel's tiles (``service.mckernel``: one image's passes, at most ``PASS_BLOCK`` of them), and the
+scheduler packs tiles of many jobs into kernel calls of at most ``MCSERVE_MC_CHUNK_SIZE`` rows, run in up
+to ``MCSERVE_MAX_CONCURRENCY`` worker threads:
+
+* **fair by cost**: each call first takes one tile from every waiting job (round robin, least recently
+  served first), then fills what is left of its row budget with further tiles of the same jobs. A 1-image
+  request therefore starts in the next call, however many 100,000-row requests are queued; a big request
+  advances by a budget's worth of rows per call. A job is in at most one call at a time.
+* **never delays a lone request**: a call starts as soon as a thread is free; with
+  ``MCSERVE_MC_BATCH_WAIT_MS`` > 0 an idle scheduler waits that long for company first.
+* **bit-identical in any company**: tiles compute the same numbers whoever shares their call, so
+  batching changes when an answer comes, never what it is. ``MCSERVE_MC_BATCH=false`` runs one job per call.
+* **admission control**: a job whose work (passes x images) would take the admitted, not yet computed
+  work past ``MCSERVE_MAX_QUEUED_WORK`` is refused at once; one that has not started within
+  ``MCSERVE_QUEUE_TIMEOUT_S`` is refused then. Both are a 503 :class:`~service.admission.Overloaded`.
+
+On CUDA the torch kernel runs each job whole in one call (one job per call): the tiled kernel is numpy.
+Nothing here knows about HTTP or gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mcnet import DropoutMLP
+
+from .admission import Overloaded
+from .inference import MCResult, mc_predict_torch
+from .mckernel import PASS_BLOCK, Accumulator, Prepared, Tile, blocks_for, prepare, run_tiles
+from .metrics import Metrics
+
+# (result, seconds computing, seconds queued) -> what the caller gets; runs in the worker thread
+Finish = Callable[[MCResult, float, float], Any]
+
+
+@dataclass(eq=False)
+class _Job:
+    x: np.ndarray
+    n_samples: int
+    seed: int
+    protocol: str
+    finish: Finish
+    future: asyncio.Future[Any]
+    submitted: float  # perf_counter
+    tiles: int  # images x blocks; 1 when ``whole``
+    work: int  # passes x images not yet dispatched
+    whole: bool = False  # CUDA: the torch kernel computes the whole job in one call
+    cancelled: bool = False  # its caller went away: no further tiles are computed
+    next_tile: int = 0
+    busy: bool = False
+    started: float | None = None  # perf_counter of the first call that took a tile
+    compute_s: float = 0.0
+    timer: asyncio.TimerHandle | None = None
+    request: Prepared | None = None
+    acc: Accumulator | None = None
+    outcome: tuple[bool, Any] | None = field(default=None)  # (ok, value or exception), set in the worker
+
+    def tile_rows(self, q: int) -> int:
+        if self.whole:
+            return self.n_samples * len(self.x)
+        return min(PASS_BLOCK, self.n_samples - (q % blocks_for(self.n_samples)) * PASS_BLOCK)
+
+    def rows(self, first: int, count: int) -> int:
+        return sum(self.tile_rows(q) for q in range(first, first + count))
+
+
+class MCScheduler:
+    """Runs every Monte Carlo request of one application. Make it inside the running event loop."""
+
+    def __init__(
+        self,
+        model: Callable[[], DropoutMLP],
+        device: Callable[[], torch.device],
+        metrics: Metrics,
+        *,
+        max_rows: int,
+        max_calls: int,
+        share: bool,
+        wait_s: float,
+        max_queued_work: int,
+        queue_timeout_s: float,
+    ) -> None:
+        self._model = model
+        self._device = device
+        self.metrics = metrics
+        self.max_rows = max_rows
+        self.max_calls = max_calls
+        self.share = share
+        self.wait_s = wait_s
+        self.max_queued_work = max_queued_work
+        self.queue_timeout_s = queue_timeout_s
+        self.queued_work = 0  # admitted passes x images not yet dispatched to a call
+        self._jobs: list[_Job] = []  # admitted, not finished; least recently served first
+        self._running = 0
+        self._pending: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.last_call_requests = 0
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def submit(self, x: np.ndarray, n_samples: int, seed: int, protocol: str, finish: Finish) -> Any:
+        """``finish(result, compute_s, queued_s)`` of MC dropout over pixels ``x`` ``(B, 28, 28)``, once computed;
+        raises :class:`Overloaded` when admission control refuses the request."""
+        work = n_samples * len(x)
+        if self.queued_work and self.queued_work + work > self.max_queued_work:
+            raise self.refuse_full(protocol)
+        loop = asyncio.get_running_loop()
+        whole = self._device().type != "cpu"
+        tiles = 1 if whole else len(x) * blocks_for(n_samples)
+        job = _Job(x, n_samples, seed, protocol, finish, loop.create_future(), time.perf_counter(), tiles, work, whole)
+        job.timer = loop.call_later(self.queue_timeout_s, self._expire, job)
+        self._jobs.append(job)
+        self._set_queued(work)
+        self._schedule(loop)
+        try:
+            return await job.future
+        except asyncio.CancelledError:  # the caller went away (client disconnect, shutdown): stop its work
+            job.cancelled = True
+            if not job.busy:
+                self._drop(job)
+            raise
+        finally:
+            if job.timer is not None:
+                job.timer.cancel()
+
+    def _drop(self, job: _Job) -> None:
+        if job in self._jobs:
+            self._jobs.remove(job)
+        if job.work:
+            self._set_queued(-job.work)
+            job.work = 0
+
+    @property
+    def full(self) -> bool:
+        """No request could be admitted now: the admitted work is at its bound (adapters may refuse unparsed)."""
+        return self.queued_work >= self.max_queued_work
+
+    def refuse_full(self, protocol: str) -> Overloaded:
+        """The 503 for a request refused because the queue is full (counted as shed)."""
+        self.metrics.record_shed("predict_uncertainty", "queue_full", protocol)
+        return Overloaded(
+            f"the Monte Carlo queue is full ({self.queued_work} passes x images waiting, the limit is "
+            f"{self.max_queued_work}, MCSERVE_MAX_QUEUED_WORK); retry later"
+        )
+
+    def _set_queued(self, delta: int) -> None:
+        self.queued_work += delta
+        self.metrics.mc_queued_work.set(self.queued_work)
+
+    def _expire(self, job: _Job) -> None:
+        job.timer = None
+        if job.started is not None or job.future.done():
+            return
+        self._drop(job)
+        self.metrics.record_shed("predict_uncertainty", "queue_timeout", job.protocol)
+        job.future.set_exception(
+            Overloaded(
+                f"no Monte Carlo kernel call could start this request within {self.queue_timeout_s:g} s "
+                "(MCSERVE_QUEUE_TIMEOUT_S); the server is overloaded, retry later"
+            )
+        )
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Dispatch soon: on the loop's next iteration (requests arriving in this one join), or after the wait."""
+        if self._pending is not None:
+            return
+        if self.wait_s > 0 and self._running == 0:
+            self._pending = loop.call_later(self.wait_s, self._dispatch)
+        else:
+            self._pending = loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._pending = None
+        loop = asyncio.get_running_loop()
+        while self._running < self.max_calls:
+            picks = self._pick()
+            if not picks:
+                return
+            now = time.perf_counter()
+            for job, first, count in picks:
+                job.busy = True
+                job.next_tile = first + count
+                if job.started is None:
+                    job.started = now
+                rows = min(job.rows(first, count), job.work)
+                job.work -= rows
+                self._set_queued(-rows)
+                self._jobs.remove(job)  # least recently served goes last
+                self._jobs.append(job)
+            self._running += 1
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.max_calls, thread_name_prefix="mcserve-mc")
+            call = loop.run_in_executor(self._executor, self._call, picks)
+            call.add_done_callback(functools.partial(self._done, picks))
+
+    def _pick(self) -> list[tuple[_Job, int, int]]:
+        """The next call's tiles: one from every waiting job in turn, then more of the same jobs while rows remain."""
+        budget = self.max_rows
+        picks: list[list[Any]] = []
+        for job in self._jobs:
+            if job.busy or job.cancelled or job.next_tile >= job.tiles:
+                continue
+            rows = job.tile_rows(job.next_tile)
+            if picks and rows > budget:
+                break
+            picks.append([job, job.next_tile, 1])
+            budget -= rows
+            if not self.share:
+                break
+        for pick in picks:
+            job, q = pick[0], pick[1] + 1
+            while q < job.tiles and job.tile_rows(q) <= budget:
+                budget -= job.tile_rows(q)
+                q += 1
+            pick[2] = q - pick[1]
+        return [(p[0], p[1], p[2]) for p in picks]
+
+    def _call(self, picks: list[tuple[_Job, int, int]]) -> None:
+        """One kernel call, in a worker thread; finished jobs are finished here too (``finish`` encodes)."""
+        start = time.perf_counter()
+        model = self._model()
+        if picks[0][0].whole:  # the torch kernel, the whole job at once (one job per call)
+            job = picks[0][0]
+            gen = torch.Generator(device=self._device()).manual_seed(job.seed)
+            self._complete(job, lambda: mc_predict_torch(model, torch.from_numpy(job.x), job.n_samples, gen), start)
+            return
+        tiles: list[Tile] = []
+        live: list[tuple[_Job, int, int]] = []
+        for job, first, count in picks:
+            try:
+                if job.request is None:
+                    job.request = prepare(model, job.x, job.n_samples, job.seed)
+                    job.acc = Accumulator(job.request, model.fc3.out_features)
+            except Exception as exc:  # this request's own fault (e.g. its pixels): fail it alone
+                job.outcome = (False, exc)
+                continue
+            nb = job.request.blocks
+            tiles.extend(Tile(job.request, q // nb, q % nb) for q in range(first, first + count))
+            live.append((job, first, count))
+        if not tiles:
+            return
+        try:
+            parts = run_tiles(model, tiles)
+        except Exception as exc:
+            for job, _, _ in live:
+                job.outcome = (False, exc)
+            return
+        seconds = time.perf_counter() - start
+        offset = 0
+        for job, first, count in live:
+            assert job.acc is not None
+            job.acc.put(first, parts, offset, offset + count)
+            offset += count
+            job.compute_s += seconds
+            if first + count == job.tiles:
+                acc = job.acc
+                self._complete(job, acc.result, None)
+
+    def _complete(self, job: _Job, result: Callable[[], MCResult], start: float | None) -> None:
+        try:
+            mc = result()
+            if start is not None:
+                job.compute_s += time.perf_counter() - start
+            queued = (job.started or job.submitted) - job.submitted
+            job.outcome = (True, job.finish(mc, job.compute_s, queued))
+        except Exception as exc:
+            job.outcome = (False, exc)
+
+    def _done(self, picks: list[tuple[_Job, int, int]], call: asyncio.Future[None]) -> None:
+        self._running -= 1
+        error = call.exception() if not call.cancelled() else asyncio.CancelledError()
+        self.metrics.record_mc_batch(len(picks), sum(j.rows(f, c) for j, f, c in picks))
+        self.last_call_requests = len(picks)
+        for job, _, _ in picks:
+            job.busy = False
+            if error is not None and job.outcome is None:
+                job.outcome = (False, error)
+            if job.outcome is not None or job.cancelled:
+                self._drop(job)
+                if job.outcome is not None and not job.future.done():
+                    ok, value = job.outcome
+                    if ok:
+                        job.future.set_result(value)
+                    else:
+                        job.future.set_exception(value)
+        if self._jobs:
+            self._schedule(asyncio.get_running_loop())

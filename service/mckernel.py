@@ -1,0 +1,409 @@
+"""Monte Carlo dropout in tiles: the kernel every MC request runs through, alone or sharing calls with others.
+
+A request's work is cut into **tiles**: one image's passes ``[j * PASS_BLOCK, ...)`` (one tile per image for
+T <= PASS_BLOCK). A kernel call (:func:`run_tiles`) computes any set of tiles, from any requests, and returns
+each tile's partial sums of p, p^2 and -p log p over its passes. What a tile computes depends on that tile
+alone, never on what shares the call, so a seeded request's answer is bit-identical whatever company it
+keeps and however its tiles are spread over calls:
+
+* **its own random stream**: each tile's masks come from an SFC64 generator whose state is a hash of
+  (request seed, image, block); nothing is drawn from a generator that other tiles also advance;
+* **its own matrix products**: BLAS results for a row can depend on the other rows of the same call
+  (MKL picks kernels by shape), so every tile runs its own two GEMMs, of a shape fixed by the tile
+  (``t`` passes x its own ``K`` active units); only elementwise and row-wise operations, whose result per
+  row does not depend on the others, run over the whole call;
+* **a fixed reduction order**: partial sums are combined per image in block order at the end
+  (:func:`summarise`), whatever order the calls finished in.
+
+The active-unit form: a hidden unit the first ReLU zeroed contributes nothing to fc2 whatever its dropout
+mask, so a pass only needs the image's K active units (about 16 % of 256 on the trained model). The
+image's active values are folded into its gathered fc2 rows once per call (``W' = v[:, None] * fc2[units]``),
+so a pass's fc2 input is its 0/1 keep-mask itself: ``h2 = bias + (mask @ W') / keep``.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mcnet import DropoutMLP
+
+from .inference import MCResult, _MaskPlan, _plan
+
+PASS_BLOCK = 128  # passes per tile: enough rows per GEMM to reuse the gathered weights, small enough to interleave
+_PAD_ROWS = 16  # fc3's 10 outputs padded to 16: MKL's GEMM is ~2.5x slower with N = 10 than with N = 16
+_MASK64 = (1 << 64) - 1
+_PAD_LOGIT = -1e30  # fc3's padded outputs: exp underflows to exactly 0, and 0 * log p stays 0 (finite)
+
+
+def _splitmix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def tile_states(keys: list[tuple[int, int, int]]) -> np.ndarray:
+    """The SFC64 states (a, b, c, counter), ``(n, 4)`` uint64, of tiles ``(seed, image, block)``: splitmix64
+    chained over the three numbers, then three more splitmix64 steps for a, b and c."""
+    out = np.empty((len(keys), 4), dtype=np.uint64)
+    for q, (seed, image, block) in enumerate(keys):
+        a = _splitmix64(_splitmix64(_splitmix64(_splitmix64(seed & _MASK64) ^ image) ^ block))
+        b = _splitmix64(a)
+        out[q] = (a, b, _splitmix64(b), 1)
+    return out
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How one dropout layer's keep-mask entries are cut from 64-bit words."""
+
+    plan: _MaskPlan
+    lanes: int  # mask entries per word: 4 16-bit lanes (threshold), 8 8-bit lanes (rate 1/2, layer 1), or 64 bits
+    dtype: Any  # numpy lane dtype (np.int8, np.int16) for lane layouts; None for bits
+    threshold: int  # a lane value r is kept when r >= threshold
+
+    def words(self, n: int) -> int:
+        return 0 if self.plan.kind == "none" else -(-n // self.lanes)
+
+
+def _lane_layout(plan: _MaskPlan) -> _Layout:
+    """Ragged rows (layer 1: K units per image): one lane per entry, in row-major order."""
+    if plan.kind == "bit":
+        return _Layout(plan, 8, np.int8, 0)  # int8 >= 0 with probability exactly 1/2
+    return _Layout(plan, 4, np.int16, plan.threshold)
+
+
+def _row_layout(plan: _MaskPlan) -> _Layout:
+    """Fixed-width rows (layer 2): whole words per row, one bit per unit for rate 1/2."""
+    if plan.kind == "bit":
+        return _Layout(plan, 64, None, 0)
+    return _Layout(plan, 4, np.int16, plan.threshold)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """numpy layouts of the weights, derived once per model (and again whenever a weight changes)."""
+
+    key: tuple[int, ...]
+    fc1_t: np.ndarray  # (D, H1) with the input normalisation folded in: h1 = relu(x @ fc1_t + fc1_bias)
+    fc1_bias: np.ndarray
+    fc2_t: np.ndarray  # (H1, H2): row j is what hidden unit j adds to every fc2 output, times 1/keep1
+    fc2_bias: np.ndarray
+    fc3_t: np.ndarray  # (H2, C_pad) times 1/keep2, zero columns past the C real classes
+    fc3_bias: np.ndarray  # (C_pad,), _PAD_LOGIT past the C real classes
+    layout1: _Layout
+    layout2: _Layout
+    classes: int
+
+    @property
+    def fc1_t_torch(self) -> torch.Tensor:
+        return torch.from_numpy(self.fc1_t)
+
+    @property
+    def fc3_t_torch(self) -> torch.Tensor:
+        return torch.from_numpy(self.fc3_t)
+
+
+_WEIGHTS: weakref.WeakKeyDictionary[DropoutMLP, Weights] = weakref.WeakKeyDictionary()
+
+
+_ALIGN = 64  # bytes: every GEMM operand starts on a 64-byte boundary (see aligned_empty)
+
+
+_FLOATS_PER_LINE = _ALIGN // 4
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+    """An uninitialised array starting on a 64-byte boundary.
+
+    BLAS kernels may peel a few elements to reach aligned loads, and then add in another order: the same
+    product could round differently depending on where its operands happen to sit in memory. Every operand
+    of the kernel's GEMMs therefore starts at the same alignment, whatever else shares its buffer.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    n = int(np.prod(shape))
+    raw = np.empty(n + _ALIGN // itemsize, dtype=dtype)
+    shift = (-raw.ctypes.data % _ALIGN) // itemsize
+    return raw[shift : shift + n].reshape(shape)
+
+
+def _f32(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().to(torch.float64).numpy(), dtype=np.float32)
+
+
+def weights_of(model: DropoutMLP) -> Weights:
+    params = (model.fc1.weight, model.fc1.bias, model.fc2.weight, model.fc2.bias, model.fc3.weight, model.fc3.bias)
+    key = tuple(v for t in params for v in (t.data_ptr(), t._version))
+    cached = _WEIGHTS.get(model)
+    if cached is not None and cached.key == key:
+        return cached
+    plan1, plan2 = (_plan(p) for p in model.arch.dropout)
+    with torch.inference_mode():
+        w1 = model.fc1.weight.detach().cpu().to(torch.float64)
+        scale, shift = float(model.in_scale), float(model.in_shift)  # x_norm = x * scale + shift
+        fc3 = model.fc3
+        padded = -(-fc3.out_features // _PAD_ROWS) * _PAD_ROWS
+        w3 = torch.zeros(fc3.in_features, padded, dtype=torch.float64)
+        w3[:, : fc3.out_features] = fc3.weight.detach().cpu().t().to(torch.float64) / plan2.keep
+        b3 = torch.full((padded,), _PAD_LOGIT, dtype=torch.float64)
+        b3[: fc3.out_features] = fc3.bias.detach().cpu().to(torch.float64)
+        weights = Weights(
+            key=key,
+            fc1_t=_f32((w1 * scale).t()),
+            fc1_bias=_f32(model.fc1.bias.detach().cpu().to(torch.float64) + shift * w1.sum(dim=1)),
+            fc2_t=_f32(model.fc2.weight.detach().cpu().to(torch.float64).t() / plan1.keep),
+            fc2_bias=_f32(model.fc2.bias),
+            fc3_t=_f32(w3),
+            fc3_bias=_f32(b3),
+            layout1=_lane_layout(plan1),
+            layout2=_row_layout(plan2),
+            classes=fc3.out_features,
+        )
+    _WEIGHTS[model] = weights
+    return weights
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One request's deterministic part: every image's active hidden units after fc1 and its ReLU."""
+
+    weights: Weights
+    seed: int
+    n_samples: int
+    images: int
+    offsets: np.ndarray  # (B + 1,) where each image's units start in ``units`` / ``values``
+    units: np.ndarray  # (sum K,) int64, ascending within each image
+    values: np.ndarray  # (sum K,) float32, the active values
+    blocks: int  # tiles per image
+
+    def tile_passes(self, block: int) -> int:
+        return min(PASS_BLOCK, self.n_samples - block * PASS_BLOCK)
+
+
+def blocks_for(n_samples: int) -> int:
+    return -(-n_samples // PASS_BLOCK)
+
+
+def prepare(model: DropoutMLP, x: np.ndarray, n_samples: int, seed: int) -> Prepared:
+    """fc1 and its ReLU for the request's images (one GEMM over the request alone), and their active units."""
+    if model.training:
+        raise RuntimeError("the served model must stay in eval() mode")
+    if n_samples < 1:
+        raise ValueError("n_samples must be >= 1")
+    w = weights_of(model)
+    pixels = aligned_empty((len(x), w.fc1_t.shape[0]))
+    pixels[:] = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    h1 = torch.mm(torch.from_numpy(pixels), w.fc1_t_torch).numpy()  # MKL: faster than numpy's BLAS at these shapes
+    h1 += w.fc1_bias
+    active = h1 > 0
+    rows, units = np.nonzero(active)  # row-major: ascending units within each image
+    offsets = np.zeros(len(h1) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=len(h1)), out=offsets[1:])
+    return Prepared(w, seed, n_samples, len(h1), offsets, units, h1[rows, units], blocks_for(n_samples))
+
+
+@dataclass(frozen=True)
+class Tile:
+    request: Prepared
+    image: int
+    block: int
+
+    @property
+    def passes(self) -> int:
+        return self.request.tile_passes(self.block)
+
+
+def tiles_of(request: Prepared) -> list[Tile]:
+    """Every tile of a request, image-major: tile q is image q // blocks, block q % blocks."""
+    return [Tile(request, i, j) for i in range(request.images) for j in range(request.blocks)]
+
+
+def rows_of(tiles: list[Tile]) -> int:
+    return sum(t.passes for t in tiles)
+
+
+_LOCAL = threading.local()
+
+
+def _generator() -> np.random.SFC64:
+    """This thread's SFC64 object, re-seeded per tile (making one costs more than a tile's random words)."""
+    gen = getattr(_LOCAL, "gen", None)
+    if gen is None:
+        gen = _LOCAL.gen = np.random.SFC64(0)
+    return gen
+
+
+def run_tiles(model: DropoutMLP, tiles: list[Tile]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Partial sums per tile, in ``tiles``' order: ``(n, C)`` sum of p, ``(n, C)`` sum of p^2, ``(n,)`` sum of
+    -p log p over the tile's passes, float64. Each tile's numbers depend only on that tile."""
+    if model.training:
+        raise RuntimeError("the served model must stay in eval() mode")
+    if not tiles:
+        raise ValueError("run_tiles needs at least one tile")
+    w = tiles[0].request.weights
+    if any(t.request.weights is not w for t in tiles):
+        raise ValueError("every tile of one call must come from the same model")
+    n = len(tiles)
+    order = sorted(range(n), key=lambda k: tiles[k].passes)  # equal pass counts side by side
+    tiles = [tiles[k] for k in order]
+    lay1, lay2 = w.layout1, w.layout2
+    width2 = w.fc2_t.shape[1]
+    wpr2 = lay2.words(width2)  # words per fc2 row
+    states = tile_states([(t.request.seed, t.image, t.block) for t in tiles])
+    gen = _generator()
+    state: dict[str, object] = {"bit_generator": "SFC64", "has_uint32": 0, "uinteger": 0}
+    lanes1: list[tuple[int, np.ndarray]] = []  # (offset in mask1, lanes): each tile's block starts 64-byte aligned
+    words2: list[np.ndarray] = []
+    idx: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    shapes: list[tuple[int, int]] = []
+    starts: list[int] = []
+    n1 = 0
+    for q, tile in enumerate(tiles):
+        req, t = tile.request, tile.passes
+        lo, hi = req.offsets[tile.image], req.offsets[tile.image + 1]
+        k = int(hi - lo)
+        w1 = lay1.words(t * k)
+        state["state"] = {"state": states[q]}
+        gen.state = state  # type: ignore[assignment]  # numpy's stub wants its TypedDict
+        raw = gen.random_raw(w1 + t * wpr2)
+        if w1:
+            lanes1.append((n1, raw[:w1].view(lay1.dtype)[: t * k]))
+        words2.append(raw[w1:])
+        idx.append(req.units[lo:hi])
+        vals.append(req.values[lo:hi])
+        shapes.append((t, k))
+        starts.append(n1)
+        n1 += -(-(t * k) // _FLOATS_PER_LINE) * _FLOATS_PER_LINE
+    rows = sum(t for t, _ in shapes)
+    units = np.concatenate(idx)
+    gathered = aligned_empty((len(units), width2))
+    np.take(w.fc2_t, units, axis=0, out=gathered)
+    gathered *= np.concatenate(vals)[:, None]  # W' = v[:, None] * fc2[units] / keep1
+    mask1 = aligned_empty((max(n1, 1),))
+    if lay1.plan.kind == "none":
+        mask1.fill(1.0)
+    for m, lanes in lanes1:
+        np.greater_equal(lanes, lay1.threshold, out=mask1[m : m + len(lanes)], casting="unsafe")
+    h2 = aligned_empty((rows, width2))
+    mask1_t, gathered_t, h2_t = torch.from_numpy(mask1), torch.from_numpy(gathered), torch.from_numpy(h2)
+    r = u = 0
+    for (t, k), m in zip(shapes, starts, strict=True):  # fc2 per tile: a GEMM of the tile's own shape (MKL)
+        torch.mm(mask1_t[m : m + t * k].view(t, k), gathered_t[u : u + k], out=h2_t[r : r + t])
+        r, u = r + t, u + k
+    h2 += w.fc2_bias
+    np.maximum(h2, 0.0, out=h2)
+    if lay2.plan.kind != "none":
+        _apply_row_mask(h2, lay2, np.concatenate(words2))
+    z = aligned_empty((rows, w.fc3_t.shape[1]))
+    z_t, fc3_t = torch.from_numpy(z), w.fc3_t_torch
+    r = 0
+    for t, _ in shapes:  # fc3 per tile too
+        torch.mm(h2_t[r : r + t], fc3_t, out=z_t[r : r + t])
+        r += t
+    z += w.fc3_bias  # padded classes: -1e30, so their probability is exactly 0 and 0 * z stays finite
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    p = e / s
+    entropy = np.log(s[:, 0]) - (p * z).sum(axis=1)  # -sum p log p, with log p = z - log s
+    p64 = p.astype(np.float64)
+    sums = [np.empty((n, p.shape[1])), np.empty((n, p.shape[1])), np.empty(n)]
+    start = r = 0
+    while start < n:  # one reduction per run of tiles with equal pass counts
+        t = shapes[start][0]
+        end = start
+        while end < n and shapes[end][0] == t:
+            end += 1
+        g, span = end - start, (end - start) * t
+        block = p64[r : r + span].reshape(g, t, -1)
+        sums[0][start:end] = block.sum(axis=1)
+        sums[1][start:end] = np.square(block).sum(axis=1)
+        sums[2][start:end] = entropy[r : r + span].astype(np.float64).reshape(g, t).sum(axis=1)
+        start, r = end, r + span
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[np.array(order, dtype=np.int64)] = np.arange(n)
+    c = w.classes
+    return sums[0][inverse, :c], sums[1][inverse, :c], sums[2][inverse]
+
+
+def _apply_row_mask(h2: np.ndarray, layout: _Layout, words: np.ndarray) -> None:
+    """Dropout on ``h2`` ``(rows, width)`` in place, each row's mask from its own words."""
+    rows, width = h2.shape
+    if layout.dtype is None:  # rate 1/2: bit b (little-endian) of a row's words keeps unit b
+        bits = np.unpackbits(words.view(np.uint8).reshape(rows, -1), axis=1, bitorder="little")
+        np.multiply(h2, bits[:, :width], out=h2)
+        return
+    lanes = words.view(layout.dtype).reshape(rows, -1)[:, :width]
+    np.multiply(h2, lanes >= layout.threshold, out=h2)
+
+
+class Accumulator:
+    """A request's partial sums, one row per tile (image-major), filled in any order, combined in a fixed one."""
+
+    def __init__(self, request: Prepared, classes: int) -> None:
+        n = request.images * request.blocks
+        self.request = request
+        self.sum_p = np.zeros((n, classes))
+        self.sum_p2 = np.zeros((n, classes))
+        self.sum_h = np.zeros(n)
+
+    def put(self, first: int, parts: tuple[np.ndarray, np.ndarray, np.ndarray], lo: int, hi: int) -> None:
+        """Store rows ``lo:hi`` of :func:`run_tiles`' output as this request's tiles ``first...``."""
+        n = hi - lo
+        self.sum_p[first : first + n] = parts[0][lo:hi]
+        self.sum_p2[first : first + n] = parts[1][lo:hi]
+        self.sum_h[first : first + n] = parts[2][lo:hi]
+
+    def result(self) -> MCResult:
+        return summarise(self.request, self.sum_p, self.sum_p2, self.sum_h)
+
+
+def summarise(request: Prepared, sum_p: np.ndarray, sum_p2: np.ndarray, sum_h: np.ndarray) -> MCResult:
+    """The per-image summaries from per-tile sums (image-major), blocks added in block order."""
+    b, nb, t = request.images, request.blocks, request.n_samples
+    if nb == 1:
+        sp, sp2, sh = sum_p, sum_p2, sum_h
+    else:
+        sp = sum_p.reshape(b, nb, -1).sum(axis=1)
+        sp2 = sum_p2.reshape(b, nb, -1).sum(axis=1)
+        sh = sum_h.reshape(b, nb).sum(axis=1)
+    mean = sp / t
+    variance = np.maximum(sp2 / t - mean * mean, 0.0)
+    log_mean = np.zeros_like(mean)
+    np.log(mean, out=log_mean, where=mean > 0)
+    predictive = -(mean * log_mean).sum(axis=1)
+    expected = sh / t
+    mutual = np.maximum(predictive - expected, 0.0)
+    f32 = np.float32
+    return MCResult(
+        mean_probs=torch.from_numpy(mean.astype(f32)),
+        variance=torch.from_numpy(variance.astype(f32)),
+        std=torch.from_numpy(np.sqrt(variance).astype(f32)),
+        predictive_entropy=torch.from_numpy(predictive.astype(f32)),
+        expected_entropy=torch.from_numpy(expected.astype(f32)),
+        mutual_information=torch.from_numpy(mutual.astype(f32)),
+        n_samples=t,
+    )
+
+
+def mc_tiled(model: DropoutMLP, x: np.ndarray, n_samples: int, seed: int, max_rows: int = 8192) -> MCResult:
+    """One request alone: every tile, in calls of at most ``max_rows`` rows (at least one tile each)."""
+    request = prepare(model, x, n_samples, seed)
+    acc = Accumulator(request, model.fc3.out_features)
+    tiles = tiles_of(request)
+    first = 0
+    while first < len(tiles):
+        rows, end = 0, first
+        while end < len(tiles) and (end == first or rows + tiles[end].passes <= max_rows):
+            rows += tiles[end].passes
+            end += 1
+        acc.put(first, run_tiles(model, tiles[first:end]), 0, end - first)
+        first = end
+    return acc.result()
