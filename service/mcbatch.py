@@ -38,7 +38,7 @@ from mcnet import DropoutMLP
 
 from .admission import Overloaded
 from .inference import MCResult, mc_predict_torch
-from .mckernel import PASS_BLOCK, Accumulator, Prepared, Tile, blocks_for, prepare, run_tiles
+from .mckernel import PASS_BLOCK, Accumulator, Prepared, Tile, blocks_for, prepare, run_tiles, weights_of
 from .metrics import Metrics
 
 # (result, seconds computing, seconds queued) -> what the caller gets; runs in the worker thread
@@ -241,11 +241,12 @@ class MCScheduler:
             return
         tiles: list[Tile] = []
         live: list[tuple[_Job, int, int]] = []
+        weights = weights_of(model)  # once per call: checking the cached layouts costs tens of microseconds
         for job, first, count in picks:
             try:
                 if job.request is None:
-                    job.request = prepare(model, job.x, job.n_samples, job.seed)
-                    job.acc = Accumulator(job.request, model.fc3.out_features)
+                    job.request = prepare(model, job.x, job.n_samples, job.seed, weights)
+                    job.acc = Accumulator(job.request, weights.classes)
             except Exception as exc:  # this request's own fault (e.g. its pixels): fail it alone
                 job.outcome = (False, exc)
                 continue

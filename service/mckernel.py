@@ -48,14 +48,32 @@ def _splitmix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
+_GAMMA, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+
+def _splitmix64_array(z: np.ndarray) -> np.ndarray:
+    """:func:`_splitmix64` elementwise on uint64 (array arithmetic wraps modulo 2**64, as the scalar masks)."""
+    z = z + _GAMMA
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    return z ^ (z >> _S31)
+
+
 def tile_states(keys: list[tuple[int, int, int]]) -> np.ndarray:
     """The SFC64 states (a, b, c, counter), ``(n, 4)`` uint64, of tiles ``(seed, image, block)``: splitmix64
     chained over the three numbers, then three more splitmix64 steps for a, b and c."""
     out = np.empty((len(keys), 4), dtype=np.uint64)
+    if len(keys) >= 8:  # numpy beats the Python loop from a handful of tiles on; both give the same numbers
+        seeds, images, blocks = (np.array(column, dtype=np.uint64) for column in zip(*keys, strict=True))
+        a = _splitmix64_array(_splitmix64_array(_splitmix64_array(_splitmix64_array(seeds) ^ images) ^ blocks))
+        b = _splitmix64_array(a)
+        out[:, 0], out[:, 1], out[:, 2], out[:, 3] = a, b, _splitmix64_array(b), 1
+        return out
     for q, (seed, image, block) in enumerate(keys):
-        a = _splitmix64(_splitmix64(_splitmix64(_splitmix64(seed & _MASK64) ^ image) ^ block))
-        b = _splitmix64(a)
-        out[q] = (a, b, _splitmix64(b), 1)
+        first = _splitmix64(_splitmix64(_splitmix64(_splitmix64(seed & _MASK64) ^ image) ^ block))
+        second = _splitmix64(first)
+        out[q] = (first, second, _splitmix64(second), 1)
     return out
 
 
@@ -109,6 +127,14 @@ class Weights:
     def fc3_t_torch(self) -> torch.Tensor:
         return torch.from_numpy(self.fc3_t)
 
+    @property
+    def fc2_bias_torch(self) -> torch.Tensor:
+        return torch.from_numpy(self.fc2_bias)
+
+    @property
+    def fc3_bias_torch(self) -> torch.Tensor:
+        return torch.from_numpy(self.fc3_bias)
+
 
 _WEIGHTS: weakref.WeakKeyDictionary[DropoutMLP, Weights] = weakref.WeakKeyDictionary()
 
@@ -120,17 +146,33 @@ _FLOATS_PER_LINE = _ALIGN // 4
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
-    """An uninitialised array starting on a 64-byte boundary.
+    """An uninitialised array starting on a 64-byte boundary (torch's CPU allocator aligns to 64 bytes).
 
     BLAS kernels may peel a few elements to reach aligned loads, and then add in another order: the same
     product could round differently depending on where its operands happen to sit in memory. Every operand
     of the kernel's GEMMs therefore starts at the same alignment, whatever else shares its buffer.
     """
-    itemsize = np.dtype(dtype).itemsize
+    array = torch.empty(shape, dtype=_TORCH_DTYPES[np.dtype(dtype)]).numpy()
+    if (
+        array.size and array.ctypes.data % _ALIGN
+    ):  # never with torch's allocator; kept so the promise cannot silently break
+        raise RuntimeError("torch returned a buffer that is not 64-byte aligned")
+    return array
+
+
+_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+
+def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A 64-byte-aligned float32 work array of ``shape``, reused by this thread's kernel calls (grown as needed).
+
+    Only for arrays that never leave :func:`run_tiles`; allocating them per call costs more than small calls."""
     n = int(np.prod(shape))
-    raw = np.empty(n + _ALIGN // itemsize, dtype=dtype)
-    shift = (-raw.ctypes.data % _ALIGN) // itemsize
-    return raw[shift : shift + n].reshape(shape)
+    buffers: dict[str, np.ndarray] = _LOCAL.__dict__.setdefault("scratch", {})
+    buffer = buffers.get(name)
+    if buffer is None or buffer.size < n:
+        buffer = buffers[name] = aligned_empty((max(n, 1024),))
+    return buffer[:n].reshape(shape)
 
 
 def _f32(t: torch.Tensor) -> np.ndarray:
@@ -190,13 +232,15 @@ def blocks_for(n_samples: int) -> int:
     return -(-n_samples // PASS_BLOCK)
 
 
-def prepare(model: DropoutMLP, x: np.ndarray, n_samples: int, seed: int) -> Prepared:
-    """fc1 and its ReLU for the request's images (one GEMM over the request alone), and their active units."""
+def prepare(model: DropoutMLP, x: np.ndarray, n_samples: int, seed: int, weights: Weights | None = None) -> Prepared:
+    """fc1 and its ReLU for the request's images (one GEMM over the request alone), and their active units.
+
+    ``weights``: :func:`weights_of` ``model``, when the caller already has it (it costs a check per call)."""
     if model.training:
         raise RuntimeError("the served model must stay in eval() mode")
     if n_samples < 1:
         raise ValueError("n_samples must be >= 1")
-    w = weights_of(model)
+    w = weights or weights_of(model)
     pixels = aligned_empty((len(x), w.fc1_t.shape[0]))
     pixels[:] = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
     h1 = torch.mm(torch.from_numpy(pixels), w.fc1_t_torch).numpy()  # MKL: faster than numpy's BLAS at these shapes
@@ -283,54 +327,55 @@ def run_tiles(model: DropoutMLP, tiles: list[Tile]) -> tuple[np.ndarray, np.ndar
         n1 += -(-(t * k) // _FLOATS_PER_LINE) * _FLOATS_PER_LINE
     rows = sum(t for t, _ in shapes)
     units = np.concatenate(idx)
-    gathered = aligned_empty((len(units), width2))
+    gathered = _scratch("gathered", (len(units), width2))
     np.take(w.fc2_t, units, axis=0, out=gathered)
     gathered *= np.concatenate(vals)[:, None]  # W' = v[:, None] * fc2[units] / keep1
-    mask1 = aligned_empty((max(n1, 1),))
+    mask1 = _scratch("mask1", (max(n1, 1),))
     if lay1.plan.kind == "none":
         mask1.fill(1.0)
     for m, lanes in lanes1:
         np.greater_equal(lanes, lay1.threshold, out=mask1[m : m + len(lanes)], casting="unsafe")
-    h2 = aligned_empty((rows, width2))
+    h2 = _scratch("h2", (rows, width2))
     mask1_t, gathered_t, h2_t = torch.from_numpy(mask1), torch.from_numpy(gathered), torch.from_numpy(h2)
-    r = u = 0
-    for (t, k), m in zip(shapes, starts, strict=True):  # fc2 per tile: a GEMM of the tile's own shape (MKL)
-        torch.mm(mask1_t[m : m + t * k].view(t, k), gathered_t[u : u + k], out=h2_t[r : r + t])
-        r, u = r + t, u + k
-    h2 += w.fc2_bias
-    np.maximum(h2, 0.0, out=h2)
-    if lay2.plan.kind != "none":
-        _apply_row_mask(h2, lay2, np.concatenate(words2))
-    z = aligned_empty((rows, w.fc3_t.shape[1]))
-    z_t, fc3_t = torch.from_numpy(z), w.fc3_t_torch
-    r = 0
-    for t, _ in shapes:  # fc3 per tile too
-        torch.mm(h2_t[r : r + t], fc3_t, out=z_t[r : r + t])
-        r += t
-    z += w.fc3_bias  # padded classes: -1e30, so their probability is exactly 0 and 0 * z stays finite
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    s = e.sum(axis=1, keepdims=True)
-    p = e / s
-    entropy = np.log(s[:, 0]) - (p * z).sum(axis=1)  # -sum p log p, with log p = z - log s
-    p64 = p.astype(np.float64)
-    sums = [np.empty((n, p.shape[1])), np.empty((n, p.shape[1])), np.empty(n)]
-    start = r = 0
-    while start < n:  # one reduction per run of tiles with equal pass counts
-        t = shapes[start][0]
-        end = start
-        while end < n and shapes[end][0] == t:
-            end += 1
-        g, span = end - start, (end - start) * t
-        block = p64[r : r + span].reshape(g, t, -1)
-        sums[0][start:end] = block.sum(axis=1)
-        sums[1][start:end] = np.square(block).sum(axis=1)
-        sums[2][start:end] = entropy[r : r + span].astype(np.float64).reshape(g, t).sum(axis=1)
-        start, r = end, r + span
+    b2, b3, w3 = w.fc2_bias_torch, w.fc3_bias_torch, w.fc3_t_torch
+    with torch.inference_mode():
+        r = u = 0
+        for (t, k), m in zip(shapes, starts, strict=True):  # fc2 per tile: a GEMM of the tile's own shape (MKL)
+            torch.addmm(b2, mask1_t[m : m + t * k].view(t, k), gathered_t[u : u + k], out=h2_t[r : r + t])
+            r, u = r + t, u + k
+        h2_t.relu_()
+        if lay2.plan.kind != "none":
+            _apply_row_mask(h2, lay2, np.concatenate(words2))
+        z = torch.from_numpy(_scratch("z", (rows, w3.shape[1])))
+        r = 0
+        for t, _ in shapes:  # fc3 per tile too
+            torch.addmm(b3, h2_t[r : r + t], w3, out=z[r : r + t])
+            r += t
+        # padded classes have logit -1e30: probability exactly 0, and 0 * log p = 0 (finite)
+        log_p = torch.log_softmax(z, dim=-1)
+        p = log_p.exp()
+        neg_h = (p * log_p).sum(dim=-1)  # sum of p log p per pass
+        p64 = p.to(torch.float64)
+        cols = p.shape[1]
+        sum_p = torch.empty(n, cols, dtype=torch.float64)
+        sum_p2 = torch.empty(n, cols, dtype=torch.float64)
+        sum_h = torch.empty(n, dtype=torch.float64)
+        start = r = 0
+        while start < n:  # one reduction per run of tiles with equal pass counts
+            t = shapes[start][0]
+            end = start
+            while end < n and shapes[end][0] == t:
+                end += 1
+            g, span = end - start, (end - start) * t
+            block = p64[r : r + span].view(g, t, cols)
+            torch.sum(block, dim=1, out=sum_p[start:end])
+            torch.sum(block * block, dim=1, out=sum_p2[start:end])
+            torch.sum(neg_h[r : r + span].view(g, t), dim=1, dtype=torch.float64, out=sum_h[start:end])
+            start, r = end, r + span
     inverse = np.empty(n, dtype=np.int64)
     inverse[np.array(order, dtype=np.int64)] = np.arange(n)
     c = w.classes
-    return sums[0][inverse, :c], sums[1][inverse, :c], sums[2][inverse]
+    return sum_p.numpy()[inverse, :c], sum_p2.numpy()[inverse, :c], -sum_h.numpy()[inverse]
 
 
 def _apply_row_mask(h2: np.ndarray, layout: _Layout, words: np.ndarray) -> None:
@@ -396,7 +441,7 @@ def summarise(request: Prepared, sum_p: np.ndarray, sum_p2: np.ndarray, sum_h: n
 def mc_tiled(model: DropoutMLP, x: np.ndarray, n_samples: int, seed: int, max_rows: int = 8192) -> MCResult:
     """One request alone: every tile, in calls of at most ``max_rows`` rows (at least one tile each)."""
     request = prepare(model, x, n_samples, seed)
-    acc = Accumulator(request, model.fc3.out_features)
+    acc = Accumulator(request, request.weights.classes)
     tiles = tiles_of(request)
     first = 0
     while first < len(tiles):

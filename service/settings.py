@@ -57,12 +57,13 @@ class Settings(BaseSettings):
     )  # fmt: skip
     max_queued_work: int = Field(
         default=1_024_000, ge=1,
-        description="admission control: most MC work (passes x images) waiting for a worker; more is refused at once "
-        "with 503 overloaded",
+        description="admission control: most MC work (passes x images) admitted and not yet computed; more is refused "
+        "at once with 503 overloaded",
     )  # fmt: skip
     queue_timeout_s: float = Field(
         default=2.0, gt=0.0, le=300.0,
-        description="admission control: an MC request that has not started within this is refused with 503 overloaded",
+        description="admission control: an MC request that no kernel call started within this is refused with 503 "
+        "overloaded",
     )  # fmt: skip
     fast_path: bool = Field(
         default=True,

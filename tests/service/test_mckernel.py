@@ -133,3 +133,10 @@ def test_run_tiles_refuses_tiles_of_two_models_and_an_empty_call(model: DropoutM
         run_tiles(model, tiles_of(a) + tiles_of(b))
     with pytest.raises(ValueError, match="at least one"):
         run_tiles(model, [])
+
+
+def test_tile_states_are_the_same_numbers_for_one_tile_or_many() -> None:
+    """Many tiles' states are computed with numpy, a few in Python: the two must agree exactly."""
+    keys = [(2**64 - 1 - k, k * 7, k % 3) for k in range(20)]
+    many = tile_states(keys)
+    assert (many == np.concatenate([tile_states([key]) for key in keys])).all()
