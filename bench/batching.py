@@ -5,12 +5,8 @@ hurting p99 at c = 1. The two servers (the same service; one with ``MCSERVE_BATC
 run side by side and wrk alternates between them, round after round, so slow drifts of the machine
 hit both equally; the medians over rounds are compared.
 
-Four more servers take their turns in the same rounds: the bare uvicorn endpoint of ``bench http``
-(reads the body, returns a constant) and three floors under mcserve (``bench.peers.floor``): bare
-uvicorn plus only the pixel decoding; plus decoding, batching and the eval kernel; and that same
-work done inside uvicorn's HTTP protocol, without an ASGI request task. ``bench http``
-runs its servers one after the other, and on a VM whose speed drifts by tens of percent within
-minutes its mcserve ÷ bare uvicorn ratio drifts with it; the interleaved ratios here do not.
+``bench http`` runs its servers one after the other, and on a VM whose speed drifts by tens of percent
+within minutes its on/off rows drift with it; the interleaved ratios here do not.
 """
 
 from __future__ import annotations
@@ -28,14 +24,10 @@ from bench import artifact, procs
 from bench.http import LOG_DIR, ROOT
 from bench.loadgen import run_wrk
 
-# mcserve with these settings (a dict), or a bare uvicorn app (uvicorn's arguments)
-VARIANTS: dict[str, dict[str, str] | str] = {
+# mcserve with these settings
+VARIANTS: dict[str, dict[str, str]] = {
     "on": {},
     "off": {"MCSERVE_BATCH_MAX_IMAGES": "1"},
-    "bare": "bench.peers.bare:app",
-    "floor_decode": "bench.peers.floor:decode_app",
-    "floor_model": "bench.peers.floor:model_app",
-    "floor_protocol": "--http bench.peers.protocol_floor:Protocol bench.peers.floor:model_app",
 }
 CONCURRENCY = (1, 16, 64)
 
@@ -62,11 +54,7 @@ def run(quick: bool, model_dir: Path | None, server_threads: int) -> dict[str, A
                 "OPENBLAS_NUM_THREADS": str(server_threads),  # as ``python -m service`` sets it for itself
             }
             cmd = [sys.executable, "-m", "service"]
-            if isinstance(extra, str):  # bench http's bare uvicorn endpoint, or a floor under mcserve
-                cmd = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port)]
-                cmd += ["--log-level", "warning", "--no-access-log", *extra.split()]
-            else:
-                env |= extra
+            env |= extra
             ready = f"http://127.0.0.1:{port}/readyz"
             stack.enter_context(procs.serve(f"batching_{name}", cmd, ready, env, LOG_DIR))
             urls[name] = f"http://127.0.0.1:{port}/predict"
@@ -85,14 +73,6 @@ def run(quick: bool, model_dir: Path | None, server_threads: int) -> dict[str, A
     for c in CONCURRENCY:
         out[f"batching_rps_gain_c{c}"] = out[f"batching_on_rps_c{c}"] / out[f"batching_off_rps_c{c}"]
         out[f"batching_p99_ratio_c{c}"] = out[f"batching_on_p99_ms_c{c}"] / out[f"batching_off_p99_ms_c{c}"]
-        bare = out[f"batching_bare_rps_c{c}"]
-        out[f"interleaved_predict_over_bare_uvicorn_c{c}"] = out[f"batching_on_rps_c{c}"] / bare
-        out[f"interleaved_floor_decode_over_bare_uvicorn_c{c}"] = out[f"batching_floor_decode_rps_c{c}"] / bare
-        out[f"interleaved_floor_model_over_bare_uvicorn_c{c}"] = out[f"batching_floor_model_rps_c{c}"] / bare
-        out[f"interleaved_floor_protocol_over_bare_uvicorn_c{c}"] = out[f"batching_floor_protocol_rps_c{c}"] / bare
-        out[f"interleaved_predict_over_floor_model_c{c}"] = (
-            out[f"batching_on_rps_c{c}"] / out[f"batching_floor_model_rps_c{c}"]
-        )
     out["conditions"] = {
         "rounds": rounds,
         "duration_s_per_run": duration_s,

@@ -1,14 +1,33 @@
-"""``python -m bench http``: mcserve against a bare uvicorn endpoint, LitServe, TorchServe and Triton (PyTriton).
+"""``python -m bench http``: mcserve against LitServe, TorchServe and Triton (PyTriton), a bare uvicorn endpoint and
+the MC floor.
 
-Every server runs on 127.0.0.1 (ports 18100-18199) serving the same artifact; wrk drives each
-endpoint from its own process at concurrency 1, 16 and 64. A peer that cannot run gets ``null``
-numbers and a ``<label>_error`` string instead of disappearing from the results.
+Every server runs on 127.0.0.1 (ports 18100-18199) serving the same artifact; wrk drives each endpoint from its own
+process at concurrency 1, 16 and 64. A peer that cannot run gets ``null`` numbers and a ``<label>_error`` string
+instead of disappearing from the results. Each endpoint's first answer is checked before it is timed (MC answers:
+one prediction per image, mean probabilities summing to 1, variance and mutual information present).
+
+Monte Carlo dropout (T = 100), besides mcserve's ``/predict/uncertainty``:
+
+* each peer serves it the way its users would, next to its ``/predict`` equivalent in the same server
+  (``bench.peers.common.mc_dropout``: dropout on, the input repeated T times in one forward pass, the peer's own
+  dynamic batching on): ``<peer>_mc_t100_*``;
+* the MC floor (``bench.peers.mc_floor``): the service's batched kernel behind a bare uvicorn endpoint with a
+  constant payload, the least work any design could do for this endpoint: ``mc_floor_*``;
+* the kernel's own cost at B = 32, T = 100, timed in this process before any server starts
+  (``mc_kernel_us_per_image_b32_t100``), which turns req/s into the share of one core the kernel alone would need
+  (``mc_http_efficiency_c64``, ``mc_floor_efficiency_c64``; see :func:`mc_derived`);
+* an interleaved A/B of cross-request MC batching (``MCSERVE_MC_BATCH`` true vs false) at c = 1: p99 of
+  ``/predict/uncertainty``, the median over short alternating rounds (``uncertainty_t100_p99_c1_on_vs_off``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,11 +40,21 @@ from typing import Any
 
 from bench import artifact, procs
 from bench.loadgen import run_wrk
+from bench.timing import ratio
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 16, 64)
 LOG_DIR = ROOT / "bench" / "results" / "logs"  # git-ignored; server logs stay for post-mortems
 BENCH_VENV = Path(os.environ.get("BENCH_VENV", ROOT / ".venv-bench"))
+METRICS = ("rps", "p50_ms", "p99_ms", "errors", "server_cpu_ms_per_req")
+MC_SAMPLES = 100
+MC_PEERS = ("litserve", "torchserve", "triton")
+MC_FULL_DURATION_S = 6.0  # per level for the MC peers and the floor in a full run (their req/s are low and steady)
+AB_ROUNDS, AB_ROUND_S = 4, 2.0  # the MC batching A/B: rounds x seconds per side per round, at c = 1
+AB_WARMUP_S = 4.0
+KERNEL_BATCH = 32
+
+Check = Callable[[Any], None]
 
 
 @dataclass
@@ -33,6 +62,8 @@ class Endpoint:
     label: str
     url: str
     body: str
+    check: Check | None = None  # raises ValueError when the first answer is not what the endpoint must return
+    mc: bool = False  # an MC peer or the floor: timed for ``mc_duration_s`` per level
 
 
 @dataclass
@@ -42,7 +73,7 @@ class ServerSpec:
     ready_url: str
     endpoints: list[Endpoint]
     env: dict[str, str] = field(default_factory=dict)
-    prepare: Callable[[Path], None] | None = None  # e.g. build the TorchServe archive
+    prepare: Callable[[Path], None] | None = None  # e.g. build the TorchServe archives
     cwd: Path | None = None
 
 
@@ -54,92 +85,212 @@ def bench_python() -> Path:
     return python
 
 
-def _post_ok(url: str, body: str, timeout_s: float = 90.0) -> None:
-    """Send the benchmark body until one 200 comes back (models load lazily in some peers)."""
+def _post_ok(url: str, body: str, timeout_s: float = 90.0) -> Any:
+    """Send the benchmark body until one 200 comes back (models load lazily in some peers); its JSON."""
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
         req = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
-                json.loads(resp.read())
-                return
+                return json.loads(resp.read())
         except Exception as exc:  # any failure: retry until the deadline, then report the last one
             last = repr(exc)
             time.sleep(0.5)
     raise RuntimeError(f"{url} never answered 200 to the benchmark body: {last}")
 
 
+# -- answer checks: an endpoint is timed only once its answer has the right shape ---------------------------------
+
+
+def _floats(value: Any, n: int, what: str) -> list[float]:
+    if not isinstance(value, list) or len(value) != n or not all(isinstance(v, int | float) for v in value):
+        raise ValueError(f"{what}: expected {n} numbers, got {str(value)[:200]}")
+    if not all(math.isfinite(v) for v in value):
+        raise ValueError(f"{what}: not finite: {value}")
+    return [float(v) for v in value]
+
+
+def _check_mc_row(mean: Any, variance: Any, mi: Any, classes: int) -> None:
+    probs = _floats(mean, classes, "mean probabilities")
+    if abs(sum(probs) - 1.0) > 1e-3 or min(probs) < -1e-6:
+        raise ValueError(f"mean probabilities do not sum to 1: {sum(probs):.6f}")
+    if min(_floats(variance, classes, "variance")) < -1e-6:
+        raise ValueError(f"negative variance: {variance}")
+    if _floats([mi] if not isinstance(mi, list) else mi, 1, "mutual information")[0] < -1e-5:
+        raise ValueError(f"negative mutual information: {mi}")
+
+
+def check_predictions(images: int, classes: int = 10) -> Check:
+    """``/predict``'s shape: ``predictions``, one per image, each with ``classes`` probabilities summing to 1."""
+
+    def check(payload: Any) -> None:
+        rows = payload.get("predictions") if isinstance(payload, dict) else None
+        if not isinstance(rows, list) or len(rows) != images:
+            raise ValueError(f"expected {images} predictions, got {str(payload)[:300]}")
+        for row in rows:
+            probs = _floats(row.get("probabilities"), classes, "probabilities")
+            if abs(sum(probs) - 1.0) > 1e-3:
+                raise ValueError(f"probabilities do not sum to 1: {sum(probs):.6f}")
+
+    return check
+
+
+def check_mc_predictions(images: int, classes: int = 10) -> Check:
+    """mcserve's ``/predict/uncertainty`` shape (the peers' JSON too): one prediction per image with
+    ``mean_probabilities`` summing to 1, ``variance`` and ``mutual_information``."""
+
+    def check(payload: Any) -> None:
+        rows = payload.get("predictions") if isinstance(payload, dict) else None
+        if not isinstance(rows, list) or len(rows) != images:
+            raise ValueError(f"expected {images} MC predictions, got {str(payload)[:300]}")
+        for row in rows:
+            _check_mc_row(row.get("mean_probabilities"), row.get("variance"), row.get("mutual_information"), classes)
+
+    return check
+
+
+def check_v2_mc(images: int, classes: int = 10) -> Check:
+    """A KServe v2 answer with ``mean_probabilities`` [B, C], ``variance`` [B, C] and ``mutual_information`` [B, 1]."""
+
+    def check(payload: Any) -> None:
+        outputs = {o.get("name"): o for o in payload.get("outputs", [])} if isinstance(payload, dict) else {}
+        want = {
+            "mean_probabilities": [images, classes],
+            "variance": [images, classes],
+            "mutual_information": [images, 1],
+        }
+        for name, shape in want.items():
+            if name not in outputs or list(outputs[name].get("shape", [])) != shape:
+                raise ValueError(f"v2 output {name} {shape} missing or misshapen: {str(payload)[:300]}")
+        for i in range(images):
+            rows = {name: outputs[name]["data"][i * s[1] : (i + 1) * s[1]] for name, s in want.items()}
+            _check_mc_row(rows["mean_probabilities"], rows["variance"], rows["mutual_information"], classes)
+
+    return check
+
+
+def check_json_object(payload: Any) -> None:
+    """The floors' constant: any JSON object."""
+    if not isinstance(payload, dict):
+        raise ValueError(f"expected a JSON object, got {str(payload)[:200]}")
+
+
+# -- servers ------------------------------------------------------------------------------------------------------
+
+
+def bodies(image: list[int]) -> dict[str, str]:
+    """The request bodies: /predict's, mcserve's /predict/uncertainty (the MC peers' and the floor's too), and the
+    KServe v2 forms Triton gets (the MC one carries T as the request parameter ``n_samples``)."""
+    v2_inputs = [{"name": "images", "shape": [1, 784], "datatype": "FP32", "data": image}]
+    return {
+        "predict": json.dumps({"images": [image]}),
+        "mc": json.dumps({"images": [image], "n_samples": MC_SAMPLES}),
+        "v2": json.dumps({"inputs": v2_inputs}),
+        "v2_mc": json.dumps({"inputs": v2_inputs, "parameters": {"n_samples": MC_SAMPLES}}),
+    }
+
+
+def _mcserve_env(port: int, workers: int, **settings: str) -> dict[str, str]:
+    env = {"MCSERVE_HOST": "127.0.0.1", "MCSERVE_LOG_LEVEL": "warning", "MCSERVE_PORT": str(port)}
+    env["MCSERVE_GRPC_PORT"] = "0"  # REST only here; bench v2 measures gRPC
+    return env | {"MCSERVE_WORKERS": str(workers), **settings}
+
+
 def _specs(model_dir: Path, image: list[int], workers: int, work: Path) -> list[ServerSpec]:
     main_py, peer_py = sys.executable, str(bench_python())
-    predict_body = json.dumps({"images": [image]})
-    mc_body = json.dumps({"images": [image], "n_samples": 100})
-    v2_body = json.dumps({"inputs": [{"name": "images", "shape": [1, 784], "datatype": "FP32", "data": image}]})
+    body = bodies(image)
     uvicorn = [main_py, "-m", "uvicorn", "--host", "127.0.0.1", "--workers", str(workers), "--log-level", "warning"]
     uvicorn += ["--no-access-log"]
     base = "http://127.0.0.1"
+    predict_ok, mc_ok = check_predictions(1), check_mc_predictions(1)
 
-    def mcserve(name: str, port: int, endpoints: list[tuple[str, str, str]], **settings: str) -> ServerSpec:
-        """``python -m service`` on ``port``; endpoints are (label, path, body)."""
-        env = {"MCSERVE_HOST": "127.0.0.1", "MCSERVE_LOG_LEVEL": "warning", "MCSERVE_PORT": str(port)}
-        env["MCSERVE_GRPC_PORT"] = "0"  # REST only here; bench v2 measures gRPC
-        env |= {"MCSERVE_WORKERS": str(workers), **settings}
-        eps = [Endpoint(label, f"{base}:{port}{path}", body) for label, path, body in endpoints]
+    def mcserve(name: str, port: int, endpoints: list[tuple[str, str, str, Check]], **settings: str) -> ServerSpec:
+        """``python -m service`` on ``port``; endpoints are (label, path, body, check)."""
+        eps = [Endpoint(label, f"{base}:{port}{path}", data, ok) for label, path, data, ok in endpoints]
+        env = _mcserve_env(port, workers, **settings)
         return ServerSpec(name, [main_py, "-m", "service"], f"{base}:{port}/readyz", eps, env=env)
 
     def torchserve_prepare(tmp: Path) -> None:
-        _torchserve_archive(peer_py, model_dir, tmp, workers)
+        _torchserve_archives(peer_py, model_dir, tmp, workers)
 
     return [
         mcserve(
             "mcserve",
             18110,
-            [("predict", "/predict", predict_body), ("uncertainty_t100", "/predict/uncertainty", mc_body)],
+            [
+                ("predict", "/predict", body["predict"], predict_ok),
+                ("uncertainty_t100", "/predict/uncertainty", body["mc"], mc_ok),
+            ],
         ),
         # The same service with dynamic batching off, and with the fast path off (every request through
         # FastAPI): the A/B the issue asks for, measured in the same run.
         mcserve(
-            "mcserve_nobatch", 18111, [("predict_nobatch", "/predict", predict_body)], MCSERVE_BATCH_MAX_IMAGES="1"
+            "mcserve_nobatch",
+            18111,
+            [("predict_nobatch", "/predict", body["predict"], predict_ok)],
+            MCSERVE_BATCH_MAX_IMAGES="1",
         ),
         mcserve(
             "mcserve_route",
             18112,
-            [("predict_route", "/predict", predict_body), ("uncertainty_t100_route", "/predict/uncertainty", mc_body)],
+            [
+                ("predict_route", "/predict", body["predict"], predict_ok),
+                ("uncertainty_t100_route", "/predict/uncertainty", body["mc"], mc_ok),
+            ],
             MCSERVE_FAST_PATH="false",
+        ),
+        ServerSpec(
+            "mc_floor",
+            [*uvicorn, "--port", "18127", "bench.peers.mc_floor:app"],
+            f"{base}:18127/readyz",
+            [Endpoint("mc_floor", f"{base}:18127/predict/uncertainty", body["mc"], check_json_object, mc=True)],
         ),
         ServerSpec(
             "bare_uvicorn",
             [*uvicorn, "--port", "18120", "bench.peers.bare:app"],
             f"{base}:18120/readyz",
-            [Endpoint("bare_uvicorn", f"{base}:18120/predict", predict_body)],
+            [Endpoint("bare_uvicorn", f"{base}:18120/predict", body["predict"], check_json_object)],
         ),
         ServerSpec(
             "bare_fastapi",
             [*uvicorn, "--port", "18125", "bench.peers.bare:fastapi_app"],
             f"{base}:18125/readyz",
-            [Endpoint("bare_fastapi", f"{base}:18125/predict", predict_body)],
+            [Endpoint("bare_fastapi", f"{base}:18125/predict", body["predict"], check_json_object)],
         ),
         ServerSpec(
             "litserve",
             [peer_py, str(ROOT / "bench" / "peers" / "litserve_api.py"), "18130", str(workers)],
             f"{base}:18130/health",
-            [Endpoint("litserve_predict", f"{base}:18130/predict", predict_body)],
+            [
+                Endpoint("litserve_predict", f"{base}:18130/predict", body["predict"], predict_ok),
+                Endpoint("litserve_mc_t100", f"{base}:18130/predict/uncertainty", body["mc"], mc_ok, mc=True),
+            ],
         ),
         ServerSpec(
             "torchserve",
             [
                 *[str(BENCH_VENV / "bin" / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth"],
-                *["--model-store", "store", "--models", "mc=mc.mar", "--ts-config", "config.properties"],
+                *["--model-store", "store", "--models", "mc=mc.mar", "mc_dropout=mc_dropout.mar"],
+                *["--ts-config", "config.properties"],
             ],
             f"{base}:18141/models/mc",
-            [Endpoint("torchserve_predict", f"{base}:18140/predictions/mc", predict_body)],
+            [
+                Endpoint("torchserve_predict", f"{base}:18140/predictions/mc", body["predict"], predict_ok),
+                Endpoint("torchserve_mc_t100", f"{base}:18140/predictions/mc_dropout", body["mc"], mc_ok, mc=True),
+            ],
             prepare=torchserve_prepare,
         ),
         ServerSpec(
             "triton",
             [peer_py, str(ROOT / "bench" / "peers" / "triton_server.py"), "18150"],
             f"{base}:18150/v2/health/ready",
-            [Endpoint("triton_predict", f"{base}:18150/v2/models/mc/infer", v2_body)],
+            [
+                Endpoint("triton_predict", f"{base}:18150/v2/models/mc/infer", body["v2"], check_json_object),
+                Endpoint(
+                    "triton_mc_t100", f"{base}:18150/v2/models/mc_dropout/infer", body["v2_mc"], check_v2_mc(1), mc=True
+                ),
+            ],
         ),
     ]
 
@@ -150,18 +301,27 @@ def _run_checked(cmd: list[str]) -> None:
         raise RuntimeError(f"{Path(cmd[0]).name} failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-1500:]}")
 
 
-def _torchserve_archive(peer_py: str, model_dir: Path, tmp: Path, workers: int) -> None:
+def _torchserve_archives(peer_py: str, model_dir: Path, tmp: Path, workers: int) -> None:
+    """``mc.mar`` (eval, one request per call) and ``mc_dropout.mar`` (MC, TorchServe's batching on through the
+    archive's model-config.yaml), both packing the artifact's files."""
+    from bench.peers.common import MC_BATCH_DELAY_S, MC_MAX_BATCH
+
     store = tmp / "store"
     store.mkdir(parents=True, exist_ok=True)
     archiver = str(Path(peer_py).parent / "torch-model-archiver")
     extra = ",".join(str(p) for p in sorted(model_dir.iterdir()) if p.is_file())
-    handler = ROOT / "bench" / "peers" / "torchserve_handler.py"
-    _run_checked(
-        [
-            *[archiver, "--model-name", "mc", "--version", "1", "--handler", str(handler)],
-            *["--extra-files", extra, "--export-path", str(store), "--force"],
-        ]
+    mc_config = tmp / "mc_dropout-config.yaml"
+    mc_config.write_text(
+        f"minWorkers: {workers}\nmaxWorkers: {workers}\nbatchSize: {MC_MAX_BATCH}\n"
+        f"maxBatchDelay: {round(MC_BATCH_DELAY_S * 1000)}\nresponseTimeout: 120\n"
     )
+    for name, handler, config in (
+        ("mc", "torchserve_handler.py", None),
+        ("mc_dropout", "torchserve_mc_handler.py", mc_config),
+    ):
+        cmd = [archiver, "--model-name", name, "--version", "1", "--handler", str(ROOT / "bench" / "peers" / handler)]
+        cmd += ["--extra-files", extra, "--export-path", str(store), "--force"]
+        _run_checked(cmd + (["--config-file", str(config)] if config else []))
     (tmp / "config.properties").write_text(
         "inference_address=http://127.0.0.1:18140\n"
         "management_address=http://127.0.0.1:18141\n"
@@ -174,7 +334,39 @@ def _torchserve_archive(peer_py: str, model_dir: Path, tmp: Path, workers: int) 
     )
 
 
-def _bench_server(spec: ServerSpec, env: dict[str, str], duration_s: float, work: Path, out: dict[str, Any]) -> None:
+def record_failure(out: dict[str, Any], label: str, reason: str) -> None:
+    """A label that could not be (fully) measured: ``null`` for every level not measured, and why."""
+    for c in CONCURRENCY:
+        for metric in METRICS:
+            out.setdefault(f"{label}_{metric}_c{c}", None)
+    out[f"{label}_error"] = reason
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def _bench_endpoint(server: procs.Server, ep: Endpoint, duration_s: float, out: dict[str, Any]) -> None:
+    answer = _post_ok(ep.url, ep.body)
+    if ep.check is not None:
+        ep.check(answer)
+    for c in CONCURRENCY:
+        cpu_before = procs.group_cpu_seconds(server.proc.pid)
+        res = run_wrk(ep.url, ep.body, c, duration_s)
+        cpu = procs.group_cpu_seconds(server.proc.pid) - cpu_before
+        out[f"{ep.label}_server_cpu_ms_per_req_c{c}"] = cpu * 1e3 / res.requests if res.requests else None
+        out[f"{ep.label}_rps_c{c}"] = res.rps
+        out[f"{ep.label}_p50_ms_c{c}"] = res.p50_ms
+        out[f"{ep.label}_p99_ms_c{c}"] = res.p99_ms
+        out[f"{ep.label}_errors_c{c}"] = res.errors
+        print(f"bench http: {ep.label} c={c}: {res.rps:.0f} req/s p99 {res.p99_ms:.1f} ms", flush=True)
+    out[f"{ep.label}_error"] = None
+
+
+def _bench_server(
+    spec: ServerSpec, env: dict[str, str], durations: tuple[float, float], work: Path, out: dict[str, Any]
+) -> None:
+    """Start the server, then time each endpoint in turn; an endpoint that fails is recorded and the rest go on."""
     cwd = work / spec.name
     cwd.mkdir(parents=True, exist_ok=True)
     try:
@@ -183,52 +375,204 @@ def _bench_server(spec: ServerSpec, env: dict[str, str], duration_s: float, work
         with procs.serve(spec.name, spec.cmd, spec.ready_url, {**env, **spec.env}, LOG_DIR, cwd=cwd) as server:
             out[f"{spec.name}_ready_s"] = round(server.ready_s, 2)
             for ep in spec.endpoints:
-                _post_ok(ep.url, ep.body)
-                for c in CONCURRENCY:
-                    cpu_before = procs.group_cpu_seconds(server.proc.pid)
-                    res = run_wrk(ep.url, ep.body, c, duration_s)
-                    cpu = procs.group_cpu_seconds(server.proc.pid) - cpu_before
-                    out[f"{ep.label}_server_cpu_ms_per_req_c{c}"] = cpu * 1e3 / res.requests if res.requests else None
-                    out[f"{ep.label}_rps_c{c}"] = res.rps
-                    out[f"{ep.label}_p50_ms_c{c}"] = res.p50_ms
-                    out[f"{ep.label}_p99_ms_c{c}"] = res.p99_ms
-                    out[f"{ep.label}_errors_c{c}"] = res.errors
-                    print(f"bench http: {ep.label} c={c}: {res.rps:.0f} req/s p99 {res.p99_ms:.1f} ms", flush=True)
-                out[f"{ep.label}_error"] = None
+                try:
+                    _bench_endpoint(server, ep, durations[1] if ep.mc else durations[0], out)
+                except Exception as exc:  # this endpoint is recorded as failed; the server's others still run
+                    print(f"bench http: {ep.label} failed: {_reason(exc)[:300]}", flush=True)
+                    record_failure(out, ep.label, _reason(exc))
     except Exception as exc:  # a peer that cannot run is recorded, not dropped
-        reason = f"{type(exc).__name__}: {exc}"[:2000]
-        print(f"bench http: {spec.name} failed: {reason[:300]}", flush=True)
+        print(f"bench http: {spec.name} failed: {_reason(exc)[:300]}", flush=True)
         for ep in spec.endpoints:
-            for c in CONCURRENCY:
-                out.setdefault(f"{ep.label}_rps_c{c}", None)
-            out[f"{ep.label}_error"] = reason
+            if f"{ep.label}_error" not in out:  # neither measured nor failed on its own
+                record_failure(out, ep.label, _reason(exc))
+
+
+# -- the MC kernel's own cost and the MC batching A/B -------------------------------------------------------------
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager[object]:
+    """numpy's BLAS on one thread too (as ``MCSERVE_TORCH_THREADS=1`` makes the service set it), where threadpoolctl
+    is installed; numpy read OPENBLAS_NUM_THREADS long before this process could set it."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def mc_kernel_cost(model_dir: Path, quick: bool) -> dict[str, Any]:
+    """µs per image of ``service.inference.mc_predict`` at B = 32, T = 100 on the served artifact, one torch thread,
+    timed in this process (no server is running yet)."""
+    import torch
+
+    from bench.kernel import keep_freed_buffers_if_available
+    from bench.timing import time_call
+    from mcnet import load_artifact
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from service.inference import mc_predict
+
+        keep_freed_buffers_if_available()
+        model, _ = load_artifact(model_dir)
+        x, images_note = artifact.test_images(KERNEL_BATCH)
+        gen = torch.Generator().manual_seed(1234)
+
+        def call() -> None:
+            with torch.inference_mode():
+                mc_predict(model, x, MC_SAMPLES, gen, chunk_size=8192)
+
+        with _one_blas_thread():
+            timing = time_call(call, warmup=3, min_repeats=10, max_repeats=1000, budget_s=0.5 if quick else 2.0)
+        us = timing.median_s * 1e6 / KERNEL_BATCH
+        print(f"bench http: MC kernel B={KERNEL_BATCH} T={MC_SAMPLES}: {us:.1f} µs/image", flush=True)
+        blas = "1 thread (threadpoolctl)" if importlib.util.find_spec("threadpoolctl") else "default (no threadpoolctl)"
+        return {
+            "mc_kernel_us_per_image_b32_t100": us,
+            "mc_kernel_error": None,
+            "mc_kernel_images": images_note,
+            "mc_kernel_numpy_blas_threads": blas,
+        }
+    except Exception as exc:
+        print(f"bench http: MC kernel timing failed: {_reason(exc)[:300]}", flush=True)
+        return {"mc_kernel_us_per_image_b32_t100": None, "mc_kernel_error": _reason(exc)}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _mc_batch_setting() -> str:
+    """Whether this checkout's service knows ``MCSERVE_MC_BATCH`` (it ignores unknown MCSERVE_ variables)."""
+    try:
+        from service.settings import Settings
+    except Exception as exc:
+        return f"unknown (service.settings unimportable: {exc!r})"
+    if "mc_batch" in Settings.model_fields:
+        return "recognised"
+    return "not a setting of this service (unknown MCSERVE_ variables are ignored): both sides ran the same code"
+
+
+def ab_summary(p99s: dict[str, list[float]]) -> dict[str, float | None]:
+    """Median over rounds of each side's p99 at c = 1, and on ÷ off."""
+    on = statistics.median(p99s["on"]) if p99s.get("on") else None
+    off = statistics.median(p99s["off"]) if p99s.get("off") else None
+    return {
+        "uncertainty_t100_p99_ms_c1_batch_on": on,
+        "uncertainty_t100_p99_ms_c1_batch_off": off,
+        "uncertainty_t100_p99_c1_on_vs_off": ratio(on, off),
+    }
+
+
+def mc_batch_ab(env: dict[str, str], image: list[int], workers: int, out: dict[str, Any]) -> None:
+    """Two mcserve servers side by side, ``MCSERVE_MC_BATCH`` true and false; wrk at c = 1 on ``/predict/uncertainty``
+    (T = 100) alternates between them for ``AB_ROUNDS`` rounds (the side going first alternates too)."""
+    body = bodies(image)["mc"]
+    out["uncertainty_t100_batch_ab_setting"] = _mc_batch_setting()
+    sides = {"on": ("true", 18113), "off": ("false", 18114)}
+    rounds: dict[str, dict[str, list[float]]] = {side: {"p99_ms": [], "rps": [], "errors": []} for side in sides}
+    try:
+        with contextlib.ExitStack() as stack:
+            urls = {}
+            for side, (setting, port) in sides.items():
+                spec_env = {**env, **_mcserve_env(port, workers, MCSERVE_MC_BATCH=setting)}
+                ready = f"http://127.0.0.1:{port}/readyz"
+                name = f"mcserve_mc_batch_{side}"
+                stack.enter_context(procs.serve(name, [sys.executable, "-m", "service"], ready, spec_env, LOG_DIR))
+                urls[side] = f"http://127.0.0.1:{port}/predict/uncertainty"
+                check_mc_predictions(1)(_post_ok(urls[side], body))
+                # warm-up: the first thousand or so MC requests after start include a one-off stall of ~100 ms (a
+                # full gen-2 garbage collection of the freshly loaded process), which would land in round 1
+                run_wrk(urls[side], body, 1, AB_WARMUP_S)
+            for r in range(AB_ROUNDS):
+                for side in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                    res = run_wrk(urls[side], body, 1, AB_ROUND_S)
+                    rounds[side]["p99_ms"].append(res.p99_ms)
+                    rounds[side]["rps"].append(res.rps)
+                    rounds[side]["errors"].append(res.errors)
+                    print(f"bench http: MC batching {side} c=1 round {r + 1}: p99 {res.p99_ms:.2f} ms", flush=True)
+        out["uncertainty_t100_batch_ab_error"] = None
+    except Exception as exc:
+        print(f"bench http: MC batching A/B failed: {_reason(exc)[:300]}", flush=True)
+        out["uncertainty_t100_batch_ab_error"] = _reason(exc)
+    for side, values in rounds.items():
+        out[f"uncertainty_t100_p99_ms_c1_batch_{side}_rounds"] = values["p99_ms"]
+        out[f"uncertainty_t100_rps_c1_batch_{side}"] = statistics.median(values["rps"]) if values["rps"] else None
+        out[f"uncertainty_t100_errors_c1_batch_{side}"] = int(sum(values["errors"])) if values["errors"] else None
+    out.update(ab_summary({side: values["p99_ms"] for side, values in rounds.items()}))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def mc_derived(out: dict[str, Any]) -> dict[str, Any]:
+    """The MC claims from the measured keys (``None`` where a side is missing).
+
+    Efficiency = req/s × the kernel's µs per image at B = 32 ÷ 10^6: the share of one core the kernel alone would
+    need to serve that many one-image requests batched 32 at a time.
+    """
+    us = _number(out.get("mc_kernel_us_per_image_b32_t100"))
+    svc, floor = _number(out.get("uncertainty_t100_rps_c64")), _number(out.get("mc_floor_rps_c64"))
+    peers = {p: _number(out.get(f"{p}_mc_t100_rps_c64")) for p in MC_PEERS}
+    ran = {p: v for p, v in peers.items() if v is not None and v > 0}
+    best = max(ran, key=lambda p: ran[p]) if ran else None
+    return {
+        "mc_http_efficiency_c64": svc * us / 1e6 if svc is not None and us is not None else None,
+        "mc_floor_efficiency_c64": floor * us / 1e6 if floor is not None and us is not None else None,
+        "mc_vs_floor_c64": ratio(svc, floor),
+        "mc_vs_best_peer_c64": ratio(svc, ran[best]) if best is not None else None,
+        "mc_best_peer_c64": best,
+    }
 
 
 def run(
     quick: bool, model_dir: Path | None, workers: int, server_threads: int, duration: float | None
 ) -> dict[str, Any]:
     duration_s = duration or (2.0 if quick else 10.0)
+    mc_duration_s = duration or (duration_s if quick else MC_FULL_DURATION_S)
     only = [s for s in os.environ.get("BENCH_SERVERS", "").split(",") if s]
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         work = Path(tmp)
         model_dir, model_note = artifact.resolve(model_dir, work / "model")
         image = artifact.sample_image()
+        out.update(mc_kernel_cost(model_dir, quick))  # first: nothing else is running yet
         env = procs.server_env(model_dir, server_threads, ROOT)
+        env["OPENBLAS_NUM_THREADS"] = str(server_threads)  # numpy's BLAS, as ``python -m service`` sets it for itself
         env["PATH"] = f"{BENCH_VENV / 'bin'}:{os.environ.get('PATH', '')}"
         for spec in _specs(model_dir, image, workers, work):
             if only and spec.name not in only:
                 continue
-            _bench_server(spec, env, duration_s, work, out)
+            _bench_server(spec, env, (duration_s, mc_duration_s), work, out)
+        if not only or "mc_batch_ab" in only:
+            mc_batch_ab(env, image, workers, out)
+    out.update(mc_derived(out))
     out["conditions"] = {
         "load_generator": "wrk -t1 (one thread), Lua script posting one fixed JSON body, --timeout 10s",
         "duration_s_per_run": duration_s,
+        "duration_s_per_run_mc_peers_and_floor": mc_duration_s,
         "concurrency": list(CONCURRENCY),
         "server_workers": workers,
         "server_torch_threads": server_threads,
         "model": model_note,
-        "body": "one real test image (784 integer pixels) per request; uncertainty adds n_samples=100; "
-        "Triton gets the same pixels as KServe v2 JSON",
+        "body": "one real test image (784 integer pixels) per request; uncertainty adds n_samples=100 (the MC peers "
+        "and the MC floor get that same body); Triton gets the same pixels as KServe v2 JSON, its MC model "
+        "n_samples as the v2 request parameter",
+        "mc_peers": "dropout on (forward(mc=True)), the input repeated T=100 times in one forward pass, mean "
+        "probabilities, population variance and mutual information per image; dynamic batching on: LitServe "
+        "max_batch_size 64, batch_timeout 5 ms; TorchServe batchSize 64, maxBatchDelay 5 ms; Triton "
+        "max_batch_size 64, default dynamic batcher",
+        "mc_floor": "bare uvicorn raw ASGI app: body read, not parsed; the requests waiting at once coalesced into one "
+        "service.inference.mc_predict call (one fixed image repeated B times, T=100, chunk_size 8192) in one worker "
+        "thread, torch 1 thread; constant answer",
+        "mc_kernel_us_per_image_b32_t100": "service.inference.mc_predict, B=32 (the first 32 Fashion-MNIST test "
+        "images), T=100, on the served artifact, timed in the bench process before any server started, "
+        "torch.set_num_threads(1) (numpy's BLAS: mc_kernel_numpy_blas_threads), glibc keep-freed-buffers as "
+        "the service sets it; median of bench.timing.time_call",
+        "mc_efficiency": "req/s at c=64 x mc_kernel_us_per_image_b32_t100 / 1e6",
+        "mc_batch_ab": f"two mcserve servers side by side, MCSERVE_MC_BATCH=true and false; {AB_ROUNDS} rounds, each "
+        f"running wrk at c=1 for {AB_ROUND_S:g} s on each (the side going first alternates), after "
+        f"{AB_WARMUP_S:g} s of warm-up on each; p99 = median over rounds of each round's wrk p99",
         "note": "client and server share the same cores, so wrk takes CPU the server could have used",
         "server_cpu_ms_per_req": "user+system CPU of the server's whole process group during the run / requests "
         "served; robust to other load on the machine, unlike req/s",

@@ -58,7 +58,7 @@ def _record(impl: str, n_samples: int, batch: int, timing: Timing | None, note: 
 
 def run(quick: bool, threads: int, model_dir: Path | None, chunk_size: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
-    keep_buffers = _keep_freed_buffers()  # as the service does at startup; applies to every implementation
+    keep_buffers = keep_freed_buffers_if_available()  # as the service does at startup; applies to every implementation
     model, model_note = load_model(model_dir)
     service, service_error = kernels.load_service_kernel(chunk_size)
     impls: dict[str, kernels.Kernel | None] = {
@@ -106,6 +106,7 @@ def run(quick: bool, threads: int, model_dir: Path | None, chunk_size: int) -> d
         speedup_vs_naive_b32_t100=ratio(cost("naive", 32, 100), cost("service", 32, 100)),
         ratio_to_gemm_limit_b1_t100=ratio(cost("service", 1, 100), cost("gemm_limit", 1, 100)),
         ratio_to_active_gemm_limit_b32_t100=ratio(cost("service", 32, 100), cost("active_gemm_limit", 32, 100)),
+        ratio_to_active_gemm_limit_b1_t100=ratio(cost("service", 1, 100), cost("active_gemm_limit", 1, 100)),
     )
     out["service_kernel_error"] = service_error
     out["eval_predict_source"] = "service.inference.predict_eval" if predict_eval else f"fallback ({eval_error})"
@@ -126,7 +127,8 @@ def run(quick: bool, threads: int, model_dir: Path | None, chunk_size: int) -> d
     return out
 
 
-def _keep_freed_buffers() -> bool:
+def keep_freed_buffers_if_available() -> bool:
+    """``service.memory.keep_freed_buffers`` (glibc mallopt, as the service sets it at startup), if importable."""
     try:
         from service.memory import keep_freed_buffers
     except ImportError:

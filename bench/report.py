@@ -15,11 +15,11 @@ from bench.tables import (
     HTTP_ROWS,
     KERNEL_IMPLS,
     batching_table,
-    floor_table,
     fmt,
     headline,
     http_table,
     kernel_table,
+    mc_table,
     train_table,
     v2_table,
 )
@@ -29,7 +29,7 @@ TEMPLATE = Path(__file__).with_name("doc_template.md")
 
 def sections(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Split an ``all`` JSON into its sections; a single-section JSON becomes that one section."""
-    known = ("kernel", "http", "v2", "batching", "coldstart", "train")
+    known = ("kernel", "http", "v2", "batching", "overload", "coldstart", "train")
     if any(k in results for k in known):
         return {k: results.get(k) or {} for k in known}
     guess = {
@@ -37,6 +37,7 @@ def sections(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "http": "predict_rps_c64",
         "v2": "v2_http_vs_triton_c64",
         "batching": "batching_rps_gain_c64",
+        "overload": "overload_flood_max_s",
         "coldstart": "cold_start_s_median",
         "train": "train_speedup_vs_dataloader",
     }
@@ -73,7 +74,8 @@ def plot(sec: dict[str, dict[str, Any]], path: Path) -> bool:
     ax2.set_xlabel("MC samples T")
     ax2.set_ylabel("µs per image (B=32)")
     ax2.set_title("MC-dropout cost per image")
-    ax2.legend(fontsize=8)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -117,7 +119,7 @@ def render(results: dict[str, Any], plot_name: str) -> str:
         http_table=http_table(sec["http"]),
         v2_table=v2_table(sec["v2"]),
         batching_table=batching_table(sec["batching"]),
-        floor_table=floor_table(sec["batching"]),
+        mc_table=mc_table(sec["http"]),
         train_table=train_table(sec["train"]),
         cold_start=cold_text,
         plot=plot_name,
