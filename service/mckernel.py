@@ -23,9 +23,11 @@ so a pass's fc2 input is its 0/1 keep-mask itself: ``h2 = bias + (mask @ W') / k
 
 from __future__ import annotations
 
+import itertools
+import math
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,8 @@ from .inference import MCResult, _MaskPlan, _plan
 PASS_BLOCK = 128  # passes per tile: enough rows per GEMM to reuse the gathered weights, small enough to interleave
 _PAD_ROWS = 16  # fc3's 10 outputs padded to 16: MKL's GEMM is ~2.5x slower with N = 10 than with N = 16
 _MASK64 = (1 << 64) - 1
+_LOCAL = threading.local()  # per worker thread: the SFC64 object and the scratch buffers
+_TINY = 1e-300
 _PAD_LOGIT = -1e30  # fc3's padded outputs: exp underflows to exactly 0, and 0 * log p stays 0 (finite)
 
 
@@ -119,21 +123,14 @@ class Weights:
     layout2: _Layout
     classes: int
 
-    @property
-    def fc1_t_torch(self) -> torch.Tensor:
-        return torch.from_numpy(self.fc1_t)
+    def __post_init__(self) -> None:  # torch views of the same memory, for the GEMMs MKL runs
+        for name in ("fc1_t", "fc2_bias", "fc3_t", "fc3_bias"):
+            object.__setattr__(self, name + "_torch", torch.from_numpy(getattr(self, name)))
 
-    @property
-    def fc3_t_torch(self) -> torch.Tensor:
-        return torch.from_numpy(self.fc3_t)
-
-    @property
-    def fc2_bias_torch(self) -> torch.Tensor:
-        return torch.from_numpy(self.fc2_bias)
-
-    @property
-    def fc3_bias_torch(self) -> torch.Tensor:
-        return torch.from_numpy(self.fc3_bias)
+    fc1_t_torch: torch.Tensor = field(init=False, repr=False, compare=False)
+    fc2_bias_torch: torch.Tensor = field(init=False, repr=False, compare=False)
+    fc3_t_torch: torch.Tensor = field(init=False, repr=False, compare=False)
+    fc3_bias_torch: torch.Tensor = field(init=False, repr=False, compare=False)
 
 
 _WEIGHTS: weakref.WeakKeyDictionary[DropoutMLP, Weights] = weakref.WeakKeyDictionary()
@@ -143,6 +140,8 @@ _ALIGN = 64  # bytes: every GEMM operand starts on a 64-byte boundary (see align
 
 
 _FLOATS_PER_LINE = _ALIGN // 4
+_GAPS: dict[Any, np.ndarray] = {d: np.zeros(_ALIGN, dtype=d) for d in (np.int8, np.int16)}
+_SIMD_ROWS = 64  # each tile's logits start at a multiple of this many rows (see _softmax_sums)
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
@@ -153,9 +152,7 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray
     of the kernel's GEMMs therefore starts at the same alignment, whatever else shares its buffer.
     """
     array = torch.empty(shape, dtype=_TORCH_DTYPES[np.dtype(dtype)]).numpy()
-    if (
-        array.size and array.ctypes.data % _ALIGN
-    ):  # never with torch's allocator; kept so the promise cannot silently break
+    if array.size and array.ctypes.data % _ALIGN:  # a guard: torch's allocator always aligns
         raise RuntimeError("torch returned a buffer that is not 64-byte aligned")
     return array
 
@@ -166,12 +163,16 @@ _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torc
 def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
     """A 64-byte-aligned float32 work array of ``shape``, reused by this thread's kernel calls (grown as needed).
 
-    Only for arrays that never leave :func:`run_tiles`; allocating them per call costs more than small calls."""
-    n = int(np.prod(shape))
-    buffers: dict[str, np.ndarray] = _LOCAL.__dict__.setdefault("scratch", {})
+    Only for arrays that never leave this module's functions; allocating them per call costs more than a small call.
+    """
+    n = math.prod(shape)
+    try:
+        buffers = _LOCAL.scratch
+    except AttributeError:
+        buffers = _LOCAL.scratch = {}
     buffer = buffers.get(name)
     if buffer is None or buffer.size < n:
-        buffer = buffers[name] = aligned_empty((max(n, 1024),))
+        buffer = buffers[name] = aligned_empty((max(n, 1 << 16),))
     return buffer[:n].reshape(shape)
 
 
@@ -180,8 +181,10 @@ def _f32(t: torch.Tensor) -> np.ndarray:
 
 
 def weights_of(model: DropoutMLP) -> Weights:
-    params = (model.fc1.weight, model.fc1.bias, model.fc2.weight, model.fc2.bias, model.fc3.weight, model.fc3.bias)
-    key = tuple(v for t in params for v in (t.data_ptr(), t._version))
+    """The model's layouts, rebuilt when a weight was replaced or changed in place (its version moved)."""
+    layers: dict[str, Any] = model._modules
+    params = [layers[name]._parameters[kind] for name in ("fc1", "fc2", "fc3") for kind in ("weight", "bias")]
+    key = tuple(v for t in params if t is not None for v in (t.data_ptr(), t._version))
     cached = _WEIGHTS.get(model)
     if cached is not None and cached.key == key:
         return cached
@@ -241,7 +244,7 @@ def prepare(model: DropoutMLP, x: np.ndarray, n_samples: int, seed: int, weights
     if n_samples < 1:
         raise ValueError("n_samples must be >= 1")
     w = weights or weights_of(model)
-    pixels = aligned_empty((len(x), w.fc1_t.shape[0]))
+    pixels = _scratch("pixels", (len(x), w.fc1_t.shape[0]))
     pixels[:] = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
     h1 = torch.mm(torch.from_numpy(pixels), w.fc1_t_torch).numpy()  # MKL: faster than numpy's BLAS at these shapes
     h1 += w.fc1_bias
@@ -272,9 +275,6 @@ def rows_of(tiles: list[Tile]) -> int:
     return sum(t.passes for t in tiles)
 
 
-_LOCAL = threading.local()
-
-
 def _generator() -> np.random.SFC64:
     """This thread's SFC64 object, re-seeded per tile (making one costs more than a tile's random words)."""
     gen = getattr(_LOCAL, "gen", None)
@@ -294,15 +294,18 @@ def run_tiles(model: DropoutMLP, tiles: list[Tile]) -> tuple[np.ndarray, np.ndar
     if any(t.request.weights is not w for t in tiles):
         raise ValueError("every tile of one call must come from the same model")
     n = len(tiles)
-    order = sorted(range(n), key=lambda k: tiles[k].passes)  # equal pass counts side by side
-    tiles = [tiles[k] for k in order]
+    passes = [t.passes for t in tiles]
+    order: list[int] | None = None
+    if any(a > b for a, b in itertools.pairwise(passes)):  # equal pass counts side by side
+        order = sorted(range(n), key=passes.__getitem__)
+        tiles = [tiles[k] for k in order]
     lay1, lay2 = w.layout1, w.layout2
     width2 = w.fc2_t.shape[1]
     wpr2 = lay2.words(width2)  # words per fc2 row
     states = tile_states([(t.request.seed, t.image, t.block) for t in tiles])
     gen = _generator()
     state: dict[str, object] = {"bit_generator": "SFC64", "has_uint32": 0, "uinteger": 0}
-    lanes1: list[tuple[int, np.ndarray]] = []  # (offset in mask1, lanes): each tile's block starts 64-byte aligned
+    lanes1: list[np.ndarray] = []  # every tile's lanes, then a gap so that the next tile's block starts aligned
     words2: list[np.ndarray] = []
     idx: list[np.ndarray] = []
     vals: list[np.ndarray] = []
@@ -318,7 +321,10 @@ def run_tiles(model: DropoutMLP, tiles: list[Tile]) -> tuple[np.ndarray, np.ndar
         gen.state = state  # type: ignore[assignment]  # numpy's stub wants its TypedDict
         raw = gen.random_raw(w1 + t * wpr2)
         if w1:
-            lanes1.append((n1, raw[:w1].view(lay1.dtype)[: t * k]))
+            lanes1.append(raw[:w1].view(lay1.dtype)[: t * k])
+            gap = -(t * k) % _FLOATS_PER_LINE
+            if gap:  # keeps the next tile's block 64-byte aligned
+                lanes1.append(_GAPS[lay1.dtype][:gap])
         words2.append(raw[w1:])
         idx.append(req.units[lo:hi])
         vals.append(req.values[lo:hi])
@@ -333,49 +339,75 @@ def run_tiles(model: DropoutMLP, tiles: list[Tile]) -> tuple[np.ndarray, np.ndar
     mask1 = _scratch("mask1", (max(n1, 1),))
     if lay1.plan.kind == "none":
         mask1.fill(1.0)
-    for m, lanes in lanes1:
-        np.greater_equal(lanes, lay1.threshold, out=mask1[m : m + len(lanes)], casting="unsafe")
+    if lanes1:
+        np.greater_equal(np.concatenate(lanes1), lay1.threshold, out=mask1[:n1], casting="unsafe")
     h2 = _scratch("h2", (rows, width2))
     mask1_t, gathered_t, h2_t = torch.from_numpy(mask1), torch.from_numpy(gathered), torch.from_numpy(h2)
     b2, b3, w3 = w.fc2_bias_torch, w.fc3_bias_torch, w.fc3_t_torch
-    with torch.inference_mode():
-        r = u = 0
-        for (t, k), m in zip(shapes, starts, strict=True):  # fc2 per tile: a GEMM of the tile's own shape (MKL)
-            torch.addmm(b2, mask1_t[m : m + t * k].view(t, k), gathered_t[u : u + k], out=h2_t[r : r + t])
-            r, u = r + t, u + k
-        h2_t.relu_()
-        if lay2.plan.kind != "none":
-            _apply_row_mask(h2, lay2, np.concatenate(words2))
-        z = torch.from_numpy(_scratch("z", (rows, w3.shape[1])))
-        r = 0
-        for t, _ in shapes:  # fc3 per tile too
-            torch.addmm(b3, h2_t[r : r + t], w3, out=z[r : r + t])
-            r += t
-        # padded classes have logit -1e30: probability exactly 0, and 0 * log p = 0 (finite)
-        log_p = torch.log_softmax(z, dim=-1)
-        p = log_p.exp()
-        neg_h = (p * log_p).sum(dim=-1)  # sum of p log p per pass
-        p64 = p.to(torch.float64)
-        cols = p.shape[1]
-        sum_p = torch.empty(n, cols, dtype=torch.float64)
-        sum_p2 = torch.empty(n, cols, dtype=torch.float64)
-        sum_h = torch.empty(n, dtype=torch.float64)
-        start = r = 0
-        while start < n:  # one reduction per run of tiles with equal pass counts
-            t = shapes[start][0]
-            end = start
-            while end < n and shapes[end][0] == t:
-                end += 1
-            g, span = end - start, (end - start) * t
-            block = p64[r : r + span].view(g, t, cols)
-            torch.sum(block, dim=1, out=sum_p[start:end])
-            torch.sum(block * block, dim=1, out=sum_p2[start:end])
-            torch.sum(neg_h[r : r + span].view(g, t), dim=1, dtype=torch.float64, out=sum_h[start:end])
-            start, r = end, r + span
+    r = u = 0
+    for (t, k), m in zip(shapes, starts, strict=True):  # fc2 per tile: a GEMM of the tile's own shape (MKL)
+        torch.addmm(b2, mask1_t[m : m + t * k].view(t, k), gathered_t[u : u + k], out=h2_t[r : r + t])
+        r, u = r + t, u + k
+    h2_t.relu_()
+    if lay2.plan.kind != "none":
+        _apply_row_mask(h2, lay2, np.concatenate(words2))
+    padded = [-(-t // _SIMD_ROWS) * _SIMD_ROWS for t, _ in shapes]
+    z = _scratch("z", (sum(padded), w3.shape[1]))
+    z.fill(0.0)  # the padding rows: finite logits, never summed
+    z_t = torch.from_numpy(z)
+    r = zr = 0
+    for (t, _), pad in zip(shapes, padded, strict=True):  # fc3 per tile too, each at a multiple of _SIMD_ROWS
+        torch.addmm(b3, h2_t[r : r + t], w3, out=z_t[zr : zr + t])
+        r, zr = r + t, zr + pad
+    sums = _softmax_sums(z, shapes, padded)
+    if order is None:
+        c = w.classes
+        return sums[0][:, :c], sums[1][:, :c], sums[2]
     inverse = np.empty(n, dtype=np.int64)
     inverse[np.array(order, dtype=np.int64)] = np.arange(n)
     c = w.classes
-    return sum_p.numpy()[inverse, :c], sum_p2.numpy()[inverse, :c], -sum_h.numpy()[inverse]
+    return sums[0][inverse, :c], sums[1][inverse, :c], sums[2][inverse]
+
+
+def _softmax_sums(
+    z: np.ndarray, shapes: list[tuple[int, int]], padded: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per tile, over its passes: sums of p, p^2 (float64) and of -p log p, for logits ``z`` ``(rows, C_pad)``
+    in which each tile's rows start at a multiple of ``_SIMD_ROWS`` (``padded``: its rows with the padding).
+
+    Class-major (``(C_pad, rows)``) so that every reduction over the 16 classes is an elementwise operation along
+    the rows, fast in numpy for one tile or hundreds; the padded classes' logits are -1e30, so their probability
+    is exactly 0 and ``p * z`` stays finite there. Vectorised loops compute the last few elements of an array
+    another way (a scalar ``exp``): with every tile starting at a multiple of the vector width and the whole
+    length one too, no element is ever in such a tail, so an element's result never depends on its neighbours.
+    """
+    zt = z.T.copy()  # (C_pad, rows)
+    zt -= zt.max(axis=0)
+    # exp and log in torch: numpy's SIMD loops may compute an array's last few elements another way, so its
+    # result for one element could depend on where the element sits; torch's vectorised loops do not
+    e = torch.exp(torch.from_numpy(zt)).numpy()
+    s = e.sum(axis=0)
+    p = e
+    p /= s
+    entropy = torch.log(torch.from_numpy(s)).numpy()  # -sum p log p = log s - sum p z, with log p = z - log s
+    entropy -= (p * zt).sum(axis=0)
+    p64 = p.astype(np.float64)
+    h64 = entropy.astype(np.float64)
+    cols, n = p64.shape[0], len(shapes)
+    sum_p, sum_p2, sum_h = np.empty((n, cols)), np.empty((n, cols)), np.empty(n)
+    start = r = 0
+    while start < n:  # one reduction per run of tiles with equal pass counts
+        t, pad = shapes[start][0], padded[start]
+        end = start
+        while end < n and shapes[end][0] == t:
+            end += 1
+        g = end - start
+        block = p64[:, r : r + g * pad].reshape(cols, g, pad)[:, :, :t]
+        sum_p[start:end] = block.sum(axis=2).T
+        sum_p2[start:end] = np.square(block).sum(axis=2).T
+        sum_h[start:end] = h64[r : r + g * pad].reshape(g, pad)[:, :t].sum(axis=1)
+        start, r = end, r + g * pad
+    return sum_p, sum_p2, sum_h
 
 
 def _apply_row_mask(h2: np.ndarray, layout: _Layout, words: np.ndarray) -> None:
@@ -421,9 +453,7 @@ def summarise(request: Prepared, sum_p: np.ndarray, sum_p2: np.ndarray, sum_h: n
         sh = sum_h.reshape(b, nb).sum(axis=1)
     mean = sp / t
     variance = np.maximum(sp2 / t - mean * mean, 0.0)
-    log_mean = np.zeros_like(mean)
-    np.log(mean, out=log_mean, where=mean > 0)
-    predictive = -(mean * log_mean).sum(axis=1)
+    predictive = -(mean * np.log(np.maximum(mean, _TINY))).sum(axis=1)  # 0 log 0 = 0
     expected = sh / t
     mutual = np.maximum(predictive - expected, 0.0)
     f32 = np.float32
