@@ -67,6 +67,7 @@ def run(quick: bool, threads: int, model_dir: Path | None, chunk_size: int) -> d
         "service": service,
         "gemm_limit": kernels.GemmLimit(),
         "active_gemm_limit": kernels.ActiveGemmLimit(),
+        "tiled_gemm_limit": kernels.TiledGemmLimit(),
     }
     t_values, b_values = (QUICK_T, QUICK_B) if quick else (FULL_T, FULL_B)
     images, images_note = test_images(max(max(b_values), max(EVAL_B)))
@@ -107,6 +108,12 @@ def run(quick: bool, threads: int, model_dir: Path | None, chunk_size: int) -> d
         ratio_to_gemm_limit_b1_t100=ratio(cost("service", 1, 100), cost("gemm_limit", 1, 100)),
         ratio_to_active_gemm_limit_b32_t100=ratio(cost("service", 32, 100), cost("active_gemm_limit", 32, 100)),
         ratio_to_active_gemm_limit_b1_t100=ratio(cost("service", 1, 100), cost("active_gemm_limit", 1, 100)),
+        ratio_to_tiled_gemm_limit_b32_t100=ratio(cost("service", 32, 100), cost("tiled_gemm_limit", 32, 100)),
+        ratio_to_tiled_gemm_limit_b1_t100=ratio(cost("service", 1, 100), cost("tiled_gemm_limit", 1, 100)),
+        tiled_vs_active_gemm_limit_b32_t100=ratio(
+            cost("tiled_gemm_limit", 32, 100), cost("active_gemm_limit", 32, 100)
+        ),
+        tiled_vs_active_gemm_limit_b1_t100=ratio(cost("tiled_gemm_limit", 1, 100), cost("active_gemm_limit", 1, 100)),
     )
     out["service_kernel_error"] = service_error
     out["eval_predict_source"] = "service.inference.predict_eval" if predict_eval else f"fallback ({eval_error})"

@@ -5,6 +5,9 @@
 * ``service_kernel`` - the service's ``mc_predict`` (imported from ``service.inference``);
 * ``gemm_limit`` - the same matrix multiplications (fc1 once for B images, fc2+fc3 for T*B rows)
   with no dropout and no random numbers: the floor any MC kernel is measured against;
+* ``tiled_gemm_limit`` - the floor of any kernel whose answers do not depend on what shares a call: the service
+  kernel's own per-tile GEMMs (fc1 per request; per image and block of at most 128 passes, fc2 over its active
+  units and fc3, each its own call, as ``service.mckernel`` runs them) with no dropout and no RNG;
 * ``active_gemm_limit`` - the floor of the service's active-unit path: fc1 once, then per image a
   (T x K) @ (K x 256) GEMM over its K active hidden units, and fc3, again with no dropout and no RNG.
 
@@ -110,6 +113,40 @@ class ActiveGemmLimit:
             rows, weights, h2, logits, w3, b3 = buffers
             torch.baddbmm(model.fc2.bias, rows, weights, out=h2).relu_()
             return torch.addmm(b3, h2.view(-1, h2.shape[-1]), w3.t(), out=logits)
+
+
+class TiledGemmLimit:
+    """fc1 per request, then for every tile (one image's passes, at most 128) its own fc2 GEMM over the image's
+    active units (+bias, ReLU) and fc3 GEMM: the products the tiled service kernel must run one tile at a time,
+    because a batched GEMM's result for one row can depend on the other rows. The 0/1 masks, gathered weights
+    and outputs are prepared once per input outside the timed call; no RNG, no reductions, no allocation."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[int, int, int], tuple[object, ...]] = {}
+
+    def __call__(self, model: DropoutMLP, x: torch.Tensor, n_samples: int, generator: torch.Generator) -> object:
+        from service import mckernel
+
+        key = (n_samples, x.shape[0], x.data_ptr())
+        w = mckernel.weights_of(model)
+        pixels = torch.from_numpy(x.reshape(x.shape[0], -1).numpy().astype("float32"))
+        buffers = self._buffers.get(key)
+        if buffers is None:
+            request = mckernel.prepare(model, pixels.numpy(), n_samples, 0, w)
+            tiles = []
+            for tile in mckernel.tiles_of(request):
+                lo, hi = int(request.offsets[tile.image]), int(request.offsets[tile.image + 1])
+                t, k = tile.passes, hi - lo
+                gathered = torch.from_numpy(w.fc2_t[request.units[lo:hi]] * request.values[lo:hi, None])
+                mask = (torch.rand(t, k, generator=generator) > 0.2).float()
+                tiles.append((mask, gathered, torch.empty(t, w.fc2_t.shape[1]), torch.empty(t, w.fc3_t.shape[1])))
+            buffers = self._buffers[key] = (tiles,)
+        (tiles,) = buffers
+        h1 = torch.mm(pixels, w.fc1_t_torch)  # per request, as the service does
+        for mask, gathered, h2, z in tiles:  # type: ignore[attr-defined]
+            torch.addmm(w.fc2_bias_torch, mask, gathered, out=h2).relu_()
+            torch.addmm(w.fc3_bias_torch, h2, w.fc3_t_torch, out=z)
+        return h1
 
 
 def load_service_kernel(chunk_size: int) -> tuple[Kernel | None, str | None]:

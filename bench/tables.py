@@ -50,6 +50,7 @@ KERNEL_IMPLS = (
     ("service kernel", "service"),
     ("GEMM limit", "gemm_limit"),
     ("active-unit GEMM limit", "active_gemm_limit"),
+    ("per-tile GEMM limit (company-independent)", "tiled_gemm_limit"),
 )
 
 
@@ -161,6 +162,21 @@ def headline(sec: dict[str, dict[str, Any]]) -> str:
             "<=",
             2.5,
             k,
+        ),
+        _row(
+            "MC kernel time / per-tile GEMM limit, B=32 T=100 (context: the floor of a company-independent kernel)",
+            k.get("ratio_to_tiled_gemm_limit_b32_t100"),
+            section=k,
+        ),
+        _row(
+            "MC kernel time / per-tile GEMM limit, B=1 T=100 (context)",
+            k.get("ratio_to_tiled_gemm_limit_b1_t100"),
+            section=k,
+        ),
+        _row(
+            "per-tile GEMM limit / active-unit GEMM limit, B=32 T=100 (context: the price of per-tile GEMMs)",
+            k.get("tiled_vs_active_gemm_limit_b32_t100"),
+            section=k,
         ),
         _row("`/predict` req/s ÷ LitServe, c=64", rel("predict_rps_c64", "litserve_predict_rps_c64"), ">=", 1.5, h),
         _row("`/predict` req/s ÷ TorchServe, c=64", rel("predict_rps_c64", "torchserve_predict_rps_c64"), ">=", 2.0, h),
