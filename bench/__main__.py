@@ -53,7 +53,7 @@ def _run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if name == "kernel":
         from bench import kernel
 
-        data = kernel.run(args.quick, args.threads, args.model_dir, args.chunk_size)
+        data = kernel.run(args.quick, args.kernel_threads, args.model_dir, args.chunk_size)
     elif name == "http":
         from bench import http
 
@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller matrix / shorter runs (< 2 min each)")
     parser.add_argument("--json", type=Path, default=None, help="where to write the results (report: where to read)")
     parser.add_argument("--model-dir", type=Path, default=None, help="artifact to serve; default: random weights")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (kernel, train, servers)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (train)")
+    parser.add_argument(
+        "--kernel-threads", type=int, default=1,
+        help="torch and BLAS threads for every kernel timed (the service runs MC calls with one, as in the benches)",
+    )  # fmt: skip
     parser.add_argument("--server-threads", type=int, default=1, help="torch threads per server process (http)")
     parser.add_argument("--chunk-size", type=int, default=8192, help="mc_chunk_size passed to the service kernel")
     parser.add_argument("--workers", type=int, default=1, help="server processes per server under test")
