@@ -49,7 +49,7 @@ from .limits import replay_body
 _JSON = b"application/json"
 # Bodies up to this (about 20 images as JSON) are decoded on the event loop; bigger ones (up to
 # MCSERVE_MAX_BODY_BYTES) in the core's decode thread: a 256-image body would hold the loop for several
-# milliseconds. An MC body that big is refused unparsed while the MC queue is full.
+# milliseconds. An MC body that big is refused unparsed while the MC queue has no room for MCSERVE_MAX_WORK.
 FAST_PATH_MAX_BODY_BYTES = 64 * 1024
 _HEADERS = [(b"content-type", b"application/json")]
 _PREDICT, _UNCERTAINTY = "/predict", "/predict/uncertainty"
@@ -130,7 +130,7 @@ class FastPredictPath:
         keys = _MC_KEYS if path == _UNCERTAINTY else _PREDICT_KEYS
         if len(body) <= FAST_PATH_MAX_BODY_BYTES:
             decoded = decode_json_request(body, keys, self.max_batch)
-        elif path == _UNCERTAINTY and self.core.mc.full:  # refused before the costly parse
+        elif path == _UNCERTAINTY and self.core.mc.would_refuse(self.settings.max_work):  # refused unparsed
             raise self.core.mc.refuse_full("rest")
         else:
             decoded = await self.core.off_loop(decode_json_request, body, keys, self.max_batch)

@@ -259,7 +259,7 @@ def mc_predict(
     """
     if x.device.type != "cpu" or model.fc1.weight.device.type != "cpu":
         return mc_predict_torch(model, x, n_samples, generator, chunk_size)
-    from .mckernel import mc_tiled
+    from .mcrequest import mc_tiled
 
     seed = int(torch.randint(_WORD_LOW, _WORD_HIGH, (), generator=generator, dtype=torch.int64)) & (2**64 - 1)
     return mc_tiled(model, x.numpy(), n_samples, seed, chunk_size)

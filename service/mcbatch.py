@@ -38,7 +38,9 @@ from mcnet import DropoutMLP
 
 from .admission import Overloaded
 from .inference import MCResult, mc_predict_torch
-from .mckernel import PASS_BLOCK, Accumulator, Prepared, Tile, blocks_for, prepare, run_tiles, weights_of
+from .mckernel import PASS_BLOCK, Prepared, Tile, blocks_for, prepare, run_tiles
+from .mcrequest import Accumulator
+from .mcweights import weights_of
 from .metrics import Metrics
 
 # (result, seconds computing, seconds queued) -> what the caller gets; runs in the worker thread
@@ -117,7 +119,7 @@ class MCScheduler:
         """``finish(result, compute_s, queued_s)`` of MC dropout over pixels ``x`` ``(B, 28, 28)``, once computed;
         raises :class:`Overloaded` when admission control refuses the request."""
         work = n_samples * len(x)
-        if self.queued_work and self.queued_work + work > self.max_queued_work:
+        if self.would_refuse(work):
             raise self.refuse_full(protocol)
         loop = asyncio.get_running_loop()
         whole = self._device().type != "cpu"
@@ -145,10 +147,11 @@ class MCScheduler:
             self._set_queued(-job.work)
             job.work = 0
 
-    @property
-    def full(self) -> bool:
-        """No request could be admitted now: the admitted work is at its bound (adapters may refuse unparsed)."""
-        return self.queued_work >= self.max_queued_work
+    def would_refuse(self, work: int) -> bool:
+        """Whether a request of ``work`` (passes x images) would be refused now as the queue is full. Adapters ask
+        it with the largest work a request may have before they parse a big body, so a flood of max-work requests
+        is refused without the parsing costs."""
+        return bool(self.queued_work) and self.queued_work + work > self.max_queued_work
 
     def refuse_full(self, protocol: str) -> Overloaded:
         """The 503 for a request refused because the queue is full (counted as shed)."""

@@ -6,14 +6,16 @@ each tile's partial sums of p, p^2 and -p log p over its passes. What a tile com
 alone, never on what shares the call, so a seeded request's answer is bit-identical whatever company it
 keeps and however its tiles are spread over calls:
 
-* **its own random stream**: each tile's masks come from an SFC64 generator whose state is a hash of
-  (request seed, image, block); nothing is drawn from a generator that other tiles also advance;
+* **its own random stream** (``service.mcrandom``): each tile's masks come from an SFC64 generator whose state
+  is a hash of (request seed, image, block); nothing is drawn from a generator that other tiles also advance;
 * **its own matrix products**: BLAS results for a row can depend on the other rows of the same call
   (MKL picks kernels by shape), so every tile runs its own two GEMMs, of a shape fixed by the tile
   (``t`` passes x its own ``K`` active units); only elementwise and row-wise operations, whose result per
   row does not depend on the others, run over the whole call;
+* **no element in a vector loop's tail**: every tile's logits start at a multiple of 64 rows (see
+  :func:`_softmax_sums`);
 * **a fixed reduction order**: partial sums are combined per image in block order at the end
-  (:func:`summarise`), whatever order the calls finished in.
+  (``service.mcrequest``), whatever order the calls finished in.
 
 The active-unit form: a hidden unit the first ReLU zeroed contributes nothing to fc2 whatever its dropout
 mask, so a pass only needs the image's K active units (about 16 % of 256 on the trained model). The
@@ -26,8 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,105 +36,11 @@ import torch
 
 from mcnet import DropoutMLP
 
-from .inference import MCResult, _MaskPlan, _plan
+from .mcrandom import apply_row_mask, generator, tile_states
+from .mcweights import Weights, weights_of
 
 PASS_BLOCK = 128  # passes per tile: enough rows per GEMM to reuse the gathered weights, small enough to interleave
-_PAD_ROWS = 16  # fc3's 10 outputs padded to 16: MKL's GEMM is ~2.5x slower with N = 10 than with N = 16
-_MASK64 = (1 << 64) - 1
-_LOCAL = threading.local()  # per worker thread: the SFC64 object and the scratch buffers
-_TINY = 1e-300
-_PAD_LOGIT = -1e30  # fc3's padded outputs: exp underflows to exactly 0, and 0 * log p stays 0 (finite)
-
-
-def _splitmix64(z: int) -> int:
-    z = (z + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-_GAMMA, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
-
-
-def _splitmix64_array(z: np.ndarray) -> np.ndarray:
-    """:func:`_splitmix64` elementwise on uint64 (array arithmetic wraps modulo 2**64, as the scalar masks)."""
-    z = z + _GAMMA
-    z = (z ^ (z >> _S30)) * _MIX1
-    z = (z ^ (z >> _S27)) * _MIX2
-    return z ^ (z >> _S31)
-
-
-def tile_states(keys: list[tuple[int, int, int]]) -> np.ndarray:
-    """The SFC64 states (a, b, c, counter), ``(n, 4)`` uint64, of tiles ``(seed, image, block)``: splitmix64
-    chained over the three numbers, then three more splitmix64 steps for a, b and c."""
-    out = np.empty((len(keys), 4), dtype=np.uint64)
-    if len(keys) >= 8:  # numpy beats the Python loop from a handful of tiles on; both give the same numbers
-        seeds, images, blocks = (np.array(column, dtype=np.uint64) for column in zip(*keys, strict=True))
-        a = _splitmix64_array(_splitmix64_array(_splitmix64_array(_splitmix64_array(seeds) ^ images) ^ blocks))
-        b = _splitmix64_array(a)
-        out[:, 0], out[:, 1], out[:, 2], out[:, 3] = a, b, _splitmix64_array(b), 1
-        return out
-    for q, (seed, image, block) in enumerate(keys):
-        first = _splitmix64(_splitmix64(_splitmix64(_splitmix64(seed & _MASK64) ^ image) ^ block))
-        second = _splitmix64(first)
-        out[q] = (first, second, _splitmix64(second), 1)
-    return out
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """How one dropout layer's keep-mask entries are cut from 64-bit words."""
-
-    plan: _MaskPlan
-    lanes: int  # mask entries per word: 4 16-bit lanes (threshold), 8 8-bit lanes (rate 1/2, layer 1), or 64 bits
-    dtype: Any  # numpy lane dtype (np.int8, np.int16) for lane layouts; None for bits
-    threshold: int  # a lane value r is kept when r >= threshold
-
-    def words(self, n: int) -> int:
-        return 0 if self.plan.kind == "none" else -(-n // self.lanes)
-
-
-def _lane_layout(plan: _MaskPlan) -> _Layout:
-    """Ragged rows (layer 1: K units per image): one lane per entry, in row-major order."""
-    if plan.kind == "bit":
-        return _Layout(plan, 8, np.int8, 0)  # int8 >= 0 with probability exactly 1/2
-    return _Layout(plan, 4, np.int16, plan.threshold)
-
-
-def _row_layout(plan: _MaskPlan) -> _Layout:
-    """Fixed-width rows (layer 2): whole words per row, one bit per unit for rate 1/2."""
-    if plan.kind == "bit":
-        return _Layout(plan, 64, None, 0)
-    return _Layout(plan, 4, np.int16, plan.threshold)
-
-
-@dataclass(frozen=True)
-class Weights:
-    """numpy layouts of the weights, derived once per model (and again whenever a weight changes)."""
-
-    key: tuple[int, ...]
-    fc1_t: np.ndarray  # (D, H1) with the input normalisation folded in: h1 = relu(x @ fc1_t + fc1_bias)
-    fc1_bias: np.ndarray
-    fc2_t: np.ndarray  # (H1, H2): row j is what hidden unit j adds to every fc2 output, times 1/keep1
-    fc2_bias: np.ndarray
-    fc3_t: np.ndarray  # (H2, C_pad) times 1/keep2, zero columns past the C real classes
-    fc3_bias: np.ndarray  # (C_pad,), _PAD_LOGIT past the C real classes
-    layout1: _Layout
-    layout2: _Layout
-    classes: int
-
-    def __post_init__(self) -> None:  # torch views of the same memory, for the GEMMs MKL runs
-        for name in ("fc1_t", "fc2_bias", "fc3_t", "fc3_bias"):
-            object.__setattr__(self, name + "_torch", torch.from_numpy(getattr(self, name)))
-
-    fc1_t_torch: torch.Tensor = field(init=False, repr=False, compare=False)
-    fc2_bias_torch: torch.Tensor = field(init=False, repr=False, compare=False)
-    fc3_t_torch: torch.Tensor = field(init=False, repr=False, compare=False)
-    fc3_bias_torch: torch.Tensor = field(init=False, repr=False, compare=False)
-
-
-_WEIGHTS: weakref.WeakKeyDictionary[DropoutMLP, Weights] = weakref.WeakKeyDictionary()
+_LOCAL = threading.local()  # per worker thread: the scratch buffers
 
 
 _ALIGN = 64  # bytes: every GEMM operand starts on a 64-byte boundary (see aligned_empty)
@@ -174,44 +81,6 @@ def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
     if buffer is None or buffer.size < n:
         buffer = buffers[name] = aligned_empty((max(n, 1 << 16),))
     return buffer[:n].reshape(shape)
-
-
-def _f32(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().cpu().to(torch.float64).numpy(), dtype=np.float32)
-
-
-def weights_of(model: DropoutMLP) -> Weights:
-    """The model's layouts, rebuilt when a weight was replaced or changed in place (its version moved)."""
-    layers: dict[str, Any] = model._modules
-    params = [layers[name]._parameters[kind] for name in ("fc1", "fc2", "fc3") for kind in ("weight", "bias")]
-    key = tuple(v for t in params if t is not None for v in (t.data_ptr(), t._version))
-    cached = _WEIGHTS.get(model)
-    if cached is not None and cached.key == key:
-        return cached
-    plan1, plan2 = (_plan(p) for p in model.arch.dropout)
-    with torch.inference_mode():
-        w1 = model.fc1.weight.detach().cpu().to(torch.float64)
-        scale, shift = float(model.in_scale), float(model.in_shift)  # x_norm = x * scale + shift
-        fc3 = model.fc3
-        padded = -(-fc3.out_features // _PAD_ROWS) * _PAD_ROWS
-        w3 = torch.zeros(fc3.in_features, padded, dtype=torch.float64)
-        w3[:, : fc3.out_features] = fc3.weight.detach().cpu().t().to(torch.float64) / plan2.keep
-        b3 = torch.full((padded,), _PAD_LOGIT, dtype=torch.float64)
-        b3[: fc3.out_features] = fc3.bias.detach().cpu().to(torch.float64)
-        weights = Weights(
-            key=key,
-            fc1_t=_f32((w1 * scale).t()),
-            fc1_bias=_f32(model.fc1.bias.detach().cpu().to(torch.float64) + shift * w1.sum(dim=1)),
-            fc2_t=_f32(model.fc2.weight.detach().cpu().to(torch.float64).t() / plan1.keep),
-            fc2_bias=_f32(model.fc2.bias),
-            fc3_t=_f32(w3),
-            fc3_bias=_f32(b3),
-            layout1=_lane_layout(plan1),
-            layout2=_row_layout(plan2),
-            classes=fc3.out_features,
-        )
-    _WEIGHTS[model] = weights
-    return weights
 
 
 @dataclass(frozen=True)
@@ -275,14 +144,6 @@ def rows_of(tiles: list[Tile]) -> int:
     return sum(t.passes for t in tiles)
 
 
-def _generator() -> np.random.SFC64:
-    """This thread's SFC64 object, re-seeded per tile (making one costs more than a tile's random words)."""
-    gen = getattr(_LOCAL, "gen", None)
-    if gen is None:
-        gen = _LOCAL.gen = np.random.SFC64(0)
-    return gen
-
-
 def run_tiles(model: DropoutMLP, tiles: list[Tile]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Partial sums per tile, in ``tiles``' order: ``(n, C)`` sum of p, ``(n, C)`` sum of p^2, ``(n,)`` sum of
     -p log p over the tile's passes, float64. Each tile's numbers depend only on that tile."""
@@ -303,7 +164,7 @@ def run_tiles(model: DropoutMLP, tiles: list[Tile]) -> tuple[np.ndarray, np.ndar
     width2 = w.fc2_t.shape[1]
     wpr2 = lay2.words(width2)  # words per fc2 row
     states = tile_states([(t.request.seed, t.image, t.block) for t in tiles])
-    gen = _generator()
+    gen = generator()
     state: dict[str, object] = {"bit_generator": "SFC64", "has_uint32": 0, "uinteger": 0}
     lanes1: list[np.ndarray] = []  # every tile's lanes, then a gap so that the next tile's block starts aligned
     words2: list[np.ndarray] = []
@@ -350,7 +211,7 @@ def run_tiles(model: DropoutMLP, tiles: list[Tile]) -> tuple[np.ndarray, np.ndar
         r, u = r + t, u + k
     h2_t.relu_()
     if lay2.plan.kind != "none":
-        _apply_row_mask(h2, lay2, np.concatenate(words2))
+        apply_row_mask(h2, lay2, np.concatenate(words2))
     padded = [-(-t // _SIMD_ROWS) * _SIMD_ROWS for t, _ in shapes]
     z = _scratch("z", (sum(padded), w3.shape[1]))
     z.fill(0.0)  # the padding rows: finite logits, never summed
@@ -408,77 +269,3 @@ def _softmax_sums(
         sum_h[start:end] = h64[r : r + g * pad].reshape(g, pad)[:, :t].sum(axis=1)
         start, r = end, r + g * pad
     return sum_p, sum_p2, sum_h
-
-
-def _apply_row_mask(h2: np.ndarray, layout: _Layout, words: np.ndarray) -> None:
-    """Dropout on ``h2`` ``(rows, width)`` in place, each row's mask from its own words."""
-    rows, width = h2.shape
-    if layout.dtype is None:  # rate 1/2: bit b (little-endian) of a row's words keeps unit b
-        bits = np.unpackbits(words.view(np.uint8).reshape(rows, -1), axis=1, bitorder="little")
-        np.multiply(h2, bits[:, :width], out=h2)
-        return
-    lanes = words.view(layout.dtype).reshape(rows, -1)[:, :width]
-    np.multiply(h2, lanes >= layout.threshold, out=h2)
-
-
-class Accumulator:
-    """A request's partial sums, one row per tile (image-major), filled in any order, combined in a fixed one."""
-
-    def __init__(self, request: Prepared, classes: int) -> None:
-        n = request.images * request.blocks
-        self.request = request
-        self.sum_p = np.zeros((n, classes))
-        self.sum_p2 = np.zeros((n, classes))
-        self.sum_h = np.zeros(n)
-
-    def put(self, first: int, parts: tuple[np.ndarray, np.ndarray, np.ndarray], lo: int, hi: int) -> None:
-        """Store rows ``lo:hi`` of :func:`run_tiles`' output as this request's tiles ``first...``."""
-        n = hi - lo
-        self.sum_p[first : first + n] = parts[0][lo:hi]
-        self.sum_p2[first : first + n] = parts[1][lo:hi]
-        self.sum_h[first : first + n] = parts[2][lo:hi]
-
-    def result(self) -> MCResult:
-        return summarise(self.request, self.sum_p, self.sum_p2, self.sum_h)
-
-
-def summarise(request: Prepared, sum_p: np.ndarray, sum_p2: np.ndarray, sum_h: np.ndarray) -> MCResult:
-    """The per-image summaries from per-tile sums (image-major), blocks added in block order."""
-    b, nb, t = request.images, request.blocks, request.n_samples
-    if nb == 1:
-        sp, sp2, sh = sum_p, sum_p2, sum_h
-    else:
-        sp = sum_p.reshape(b, nb, -1).sum(axis=1)
-        sp2 = sum_p2.reshape(b, nb, -1).sum(axis=1)
-        sh = sum_h.reshape(b, nb).sum(axis=1)
-    mean = sp / t
-    variance = np.maximum(sp2 / t - mean * mean, 0.0)
-    predictive = -(mean * np.log(np.maximum(mean, _TINY))).sum(axis=1)  # 0 log 0 = 0
-    expected = sh / t
-    mutual = np.maximum(predictive - expected, 0.0)
-    f32 = np.float32
-    return MCResult(
-        mean_probs=torch.from_numpy(mean.astype(f32)),
-        variance=torch.from_numpy(variance.astype(f32)),
-        std=torch.from_numpy(np.sqrt(variance).astype(f32)),
-        predictive_entropy=torch.from_numpy(predictive.astype(f32)),
-        expected_entropy=torch.from_numpy(expected.astype(f32)),
-        mutual_information=torch.from_numpy(mutual.astype(f32)),
-        n_samples=t,
-    )
-
-
-def mc_tiled(model: DropoutMLP, x: np.ndarray, n_samples: int, seed: int, max_rows: int = 8192) -> MCResult:
-    """One request alone: every tile, in calls of at most ``max_rows`` rows (at least one tile each)."""
-    request = prepare(model, x, n_samples, seed)
-    acc = Accumulator(request, request.weights.classes)
-    tiles = tiles_of(request)
-    first = 0
-    while first < len(tiles):
-        rows, end = 0, first
-        while end < len(tiles) and (end == first or rows + tiles[end].passes <= max_rows):
-            rows += tiles[end].passes
-            end += 1
-        acc.put(first, run_tiles(model, tiles[first:end]), 0, end - first)
-        first = end
-    return acc.result()

@@ -20,7 +20,7 @@ from service.admission import Overloaded
 from service.engine import Engine
 from service.inference import MCResult
 from service.mcbatch import MCScheduler
-from service.mckernel import mc_tiled
+from service.mcrequest import mc_tiled
 from service.metrics import Metrics
 
 

@@ -14,18 +14,10 @@ from hypothesis import strategies as st
 
 from mcnet import Architecture, DropoutMLP, load_artifact
 from service.inference import MCResult, _plan
-from service.mckernel import (
-    PASS_BLOCK,
-    Accumulator,
-    _lane_layout,
-    _splitmix64,
-    mc_tiled,
-    prepare,
-    run_tiles,
-    tile_states,
-    tiles_of,
-    weights_of,
-)
+from service.mckernel import PASS_BLOCK, prepare, run_tiles, tiles_of
+from service.mcrandom import lane_layout, splitmix64, tile_states
+from service.mcrequest import Accumulator, mc_tiled
+from service.mcweights import weights_of
 
 FIELDS = ("mean_probs", "variance", "std", "predictive_entropy", "expected_entropy", "mutual_information")
 
@@ -96,7 +88,7 @@ def test_an_image_answers_the_same_whatever_else_its_request_holds(model: Dropou
 
 
 def test_splitmix64_and_the_tile_streams() -> None:
-    assert _splitmix64(0) == 0xE220A8397B1DCDAF  # the reference generator's first output from state 0
+    assert splitmix64(0) == 0xE220A8397B1DCDAF  # the reference generator's first output from state 0
     states = tile_states([(1, 0, 0), (1, 0, 1), (1, 1, 0), (2, 0, 0), (1, 0, 0)])
     assert states.dtype == np.uint64 and states.shape == (5, 4) and (states[:, 3] == 1).all()
     assert len({tuple(s) for s in states[:4].tolist()}) == 4 and (states[0] == states[4]).all()
@@ -115,7 +107,7 @@ def test_splitmix64_and_the_tile_streams() -> None:
 
 @pytest.mark.parametrize("p", [0.2, 0.5])
 def test_layer_one_lanes_keep_units_at_the_effective_rate(p: float) -> None:
-    layout = _lane_layout(_plan(p))
+    layout = lane_layout(_plan(p))
     n = 1 << 20
     lanes = np.random.SFC64(3).random_raw(layout.words(n)).view(layout.dtype)[:n]
     kept = float((lanes >= layout.threshold).mean())
