@@ -77,27 +77,36 @@ class FastPredictPath:
         self.max_body = settings.max_body_bytes  # larger bodies go to the application, whose limit answers 413
         self.cors = bool(settings.cors_origins)  # cross-origin requests need CORSMiddleware's headers: delegate them
 
-    def _wants(self, scope: Scope) -> bool:
-        """A JSON POST to a predict endpoint, small enough to read here, that no other layer needs to see."""
+    def _wants(self, scope: Scope) -> int | None:
+        """A JSON POST to a predict endpoint, small enough to read here, that no other layer needs to see: its
+        ``Content-Length`` (0 when chunked), or None."""
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in _PATHS or not self.engine.ready:
-            return False
-        json_body = False
+            return None
+        json_body, length = False, 0
         for name, value in scope["headers"]:
             if name == b"content-type":
                 json_body = value.split(b";", 1)[0].strip().lower() == _JSON
             elif name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_body:
-                    return False
+                    return None
+                length = int(value)
             elif name == b"origin" and self.cors:
-                return False
-        return json_body
+                return None
+        return length if json_body else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self._wants(scope):
+        length = self._wants(scope)
+        if length is None:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
         metrics = self.metrics
+        big_mc = length > FAST_PATH_MAX_BODY_BYTES and scope["path"] == _UNCERTAINTY
+        if big_mc and self.core.mc.would_refuse(self.settings.max_work):  # refused before its body is even read
+            exc = self.core.mc.refuse_full("rest")
+            await _send_error(send, exc)
+            metrics.record_http(scope["path"], "POST", str(exc.status), time.perf_counter() - start, "rest")
+            return
         metrics.in_flight.inc()
         try:
             body, more = await _read_body(receive, self.max_body)
