@@ -6,6 +6,7 @@ Imports only torch and mcnet so it runs inside the separate bench venv too.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -100,3 +101,18 @@ def encode_mc(mean: torch.Tensor, variance: torch.Tensor, mutual_information: to
             for i, m, v, u in rows
         ]
     }
+
+
+def torchserve_model(context: Any) -> DropoutMLP:
+    """The artifact packed into a TorchServe archive, loaded from the archive's model directory."""
+    os.environ["BENCH_MODEL_DIR"] = context.system_properties["model_dir"]
+    return load_model()
+
+
+def torchserve_bodies(data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The JSON bodies of the requests TorchServe hands a handler (bytes, or already decoded)."""
+    bodies = []
+    for row in data:
+        raw = row.get("body") or row.get("data")
+        bodies.append(json.loads(raw) if isinstance(raw, bytes | bytearray) else dict(raw or {}))
+    return bodies

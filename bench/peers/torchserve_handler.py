@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from bench.peers import common
@@ -10,23 +9,11 @@ from bench.peers import common
 _model: Any = None
 
 
-def _initialise(context: Any) -> None:
-    global _model
-    import os
-
-    os.environ["BENCH_MODEL_DIR"] = context.system_properties["model_dir"]
-    _model = common.load_model()
-
-
 def handle(data: list[dict[str, Any]] | None, context: Any) -> list[dict[str, Any]] | None:
+    global _model
     if _model is None:
-        _initialise(context)
-    model = _model
+        _model = common.torchserve_model(context)
     if data is None:  # TorchServe calls handle(None, ctx) once at load time
         return None
-    out = []
-    for row in data:
-        raw = row.get("body") or row.get("data")
-        body: dict[str, Any] = json.loads(raw) if isinstance(raw, bytes | bytearray) else dict(raw or {})
-        out.append(common.encode(common.predict(model, common.to_tensor(body["images"]))))
-    return out
+    bodies = common.torchserve_bodies(data)
+    return [common.encode(common.predict(_model, common.to_tensor(body["images"]))) for body in bodies]

@@ -8,7 +8,6 @@ repeated T times); each gets its mean probabilities, variance and mutual informa
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from bench.peers import common
@@ -16,22 +15,11 @@ from bench.peers import common
 _model: Any = None
 
 
-def _initialise(context: Any) -> None:
-    global _model
-    import os
-
-    os.environ["BENCH_MODEL_DIR"] = context.system_properties["model_dir"]
-    _model = common.load_model()
-
-
 def handle(data: list[dict[str, Any]] | None, context: Any) -> list[dict[str, Any]] | None:
+    global _model
     if _model is None:
-        _initialise(context)
+        _model = common.torchserve_model(context)
     if data is None:  # TorchServe calls handle(None, ctx) once at load time
         return None
-    items = []
-    for row in data:
-        raw = row.get("body") or row.get("data")
-        body: dict[str, Any] = json.loads(raw) if isinstance(raw, bytes | bytearray) else dict(raw or {})
-        items.append((common.to_tensor(body["images"]), common.n_samples_of(body)))
+    items = [(common.to_tensor(b["images"]), common.n_samples_of(b)) for b in common.torchserve_bodies(data)]
     return [common.encode_mc(*answer) for answer in common.mc_many(_model, items)]
