@@ -15,7 +15,7 @@ Monte Carlo dropout (T = 100), besides mcserve's ``/predict/uncertainty``:
   constant payload, the least work any design could do for this endpoint: ``mc_floor_*``;
 * the kernel's own cost at B = 32, T = 100, timed in this process before any server starts
   (``mc_kernel_us_per_image_b32_t100``), which turns req/s into the share of one core the kernel alone would need
-  (``mc_http_efficiency_c64``, ``mc_floor_efficiency_c64``; see :func:`mc_derived`);
+  (``mc_http_efficiency_c64``, ``mc_floor_efficiency_c64``; see ``bench.mcclaims.mc_derived``);
 * an interleaved A/B of cross-request MC batching (``MCSERVE_MC_BATCH`` true vs false) at c = 1: p99 of
   ``/predict/uncertainty``, the median over short alternating rounds (``uncertainty_t100_p99_c1_on_vs_off``).
 """
@@ -23,9 +23,7 @@ Monte Carlo dropout (T = 100), besides mcserve's ``/predict/uncertainty``:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -39,22 +37,18 @@ from pathlib import Path
 from typing import Any
 
 from bench import artifact, procs
+from bench.checks import Check, check_json_object, check_mc_predictions, check_predictions, check_v2_mc
 from bench.loadgen import run_wrk
-from bench.timing import ratio
+from bench.mcclaims import MC_SAMPLES, ab_summary, mc_derived, mc_kernel_cost
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 16, 64)
 LOG_DIR = ROOT / "bench" / "results" / "logs"  # git-ignored; server logs stay for post-mortems
 BENCH_VENV = Path(os.environ.get("BENCH_VENV", ROOT / ".venv-bench"))
 METRICS = ("rps", "p50_ms", "p99_ms", "errors", "server_cpu_ms_per_req")
-MC_SAMPLES = 100
-MC_PEERS = ("litserve", "torchserve", "triton")
 MC_FULL_DURATION_S = 6.0  # per level for the MC peers and the floor in a full run (their req/s are low and steady)
 AB_ROUNDS, AB_ROUND_S = 4, 2.0  # the MC batching A/B: rounds x seconds per side per round, at c = 1
 AB_WARMUP_S = 4.0
-KERNEL_BATCH = 32
-
-Check = Callable[[Any], None]
 
 
 @dataclass
@@ -98,82 +92,6 @@ def _post_ok(url: str, body: str, timeout_s: float = 90.0) -> Any:
             last = repr(exc)
             time.sleep(0.5)
     raise RuntimeError(f"{url} never answered 200 to the benchmark body: {last}")
-
-
-# -- answer checks: an endpoint is timed only once its answer has the right shape ---------------------------------
-
-
-def _floats(value: Any, n: int, what: str) -> list[float]:
-    if not isinstance(value, list) or len(value) != n or not all(isinstance(v, int | float) for v in value):
-        raise ValueError(f"{what}: expected {n} numbers, got {str(value)[:200]}")
-    if not all(math.isfinite(v) for v in value):
-        raise ValueError(f"{what}: not finite: {value}")
-    return [float(v) for v in value]
-
-
-def _check_mc_row(mean: Any, variance: Any, mi: Any, classes: int) -> None:
-    probs = _floats(mean, classes, "mean probabilities")
-    if abs(sum(probs) - 1.0) > 1e-3 or min(probs) < -1e-6:
-        raise ValueError(f"mean probabilities do not sum to 1: {sum(probs):.6f}")
-    if min(_floats(variance, classes, "variance")) < -1e-6:
-        raise ValueError(f"negative variance: {variance}")
-    if _floats([mi] if not isinstance(mi, list) else mi, 1, "mutual information")[0] < -1e-5:
-        raise ValueError(f"negative mutual information: {mi}")
-
-
-def check_predictions(images: int, classes: int = 10) -> Check:
-    """``/predict``'s shape: ``predictions``, one per image, each with ``classes`` probabilities summing to 1."""
-
-    def check(payload: Any) -> None:
-        rows = payload.get("predictions") if isinstance(payload, dict) else None
-        if not isinstance(rows, list) or len(rows) != images:
-            raise ValueError(f"expected {images} predictions, got {str(payload)[:300]}")
-        for row in rows:
-            probs = _floats(row.get("probabilities"), classes, "probabilities")
-            if abs(sum(probs) - 1.0) > 1e-3:
-                raise ValueError(f"probabilities do not sum to 1: {sum(probs):.6f}")
-
-    return check
-
-
-def check_mc_predictions(images: int, classes: int = 10) -> Check:
-    """mcserve's ``/predict/uncertainty`` shape (the peers' JSON too): one prediction per image with
-    ``mean_probabilities`` summing to 1, ``variance`` and ``mutual_information``."""
-
-    def check(payload: Any) -> None:
-        rows = payload.get("predictions") if isinstance(payload, dict) else None
-        if not isinstance(rows, list) or len(rows) != images:
-            raise ValueError(f"expected {images} MC predictions, got {str(payload)[:300]}")
-        for row in rows:
-            _check_mc_row(row.get("mean_probabilities"), row.get("variance"), row.get("mutual_information"), classes)
-
-    return check
-
-
-def check_v2_mc(images: int, classes: int = 10) -> Check:
-    """A KServe v2 answer with ``mean_probabilities`` [B, C], ``variance`` [B, C] and ``mutual_information`` [B, 1]."""
-
-    def check(payload: Any) -> None:
-        outputs = {o.get("name"): o for o in payload.get("outputs", [])} if isinstance(payload, dict) else {}
-        want = {
-            "mean_probabilities": [images, classes],
-            "variance": [images, classes],
-            "mutual_information": [images, 1],
-        }
-        for name, shape in want.items():
-            if name not in outputs or list(outputs[name].get("shape", [])) != shape:
-                raise ValueError(f"v2 output {name} {shape} missing or misshapen: {str(payload)[:300]}")
-        for i in range(images):
-            rows = {name: outputs[name]["data"][i * s[1] : (i + 1) * s[1]] for name, s in want.items()}
-            _check_mc_row(rows["mean_probabilities"], rows["variance"], rows["mutual_information"], classes)
-
-    return check
-
-
-def check_json_object(payload: Any) -> None:
-    """The floors' constant: any JSON object."""
-    if not isinstance(payload, dict):
-        raise ValueError(f"expected a JSON object, got {str(payload)[:200]}")
 
 
 # -- servers ------------------------------------------------------------------------------------------------------
@@ -390,84 +308,10 @@ def _bench_server(
 # -- the MC kernel's own cost and the MC batching A/B -------------------------------------------------------------
 
 
-def _one_blas_thread() -> contextlib.AbstractContextManager[object]:
-    """numpy's BLAS on one thread too (as ``MCSERVE_TORCH_THREADS=1`` makes the service set it), where threadpoolctl
-    is installed; numpy read OPENBLAS_NUM_THREADS long before this process could set it."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-def mc_kernel_cost(model_dir: Path, quick: bool) -> dict[str, Any]:
-    """µs per image of ``service.inference.mc_predict`` at B = 32, T = 100 on the served artifact, one torch thread,
-    timed in this process (no server is running yet)."""
-    import torch
-
-    from bench.kernel import keep_freed_buffers_if_available
-    from bench.timing import time_call
-    from mcnet import load_artifact
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from service.inference import mc_predict
-
-        keep_freed_buffers_if_available()
-        model, _ = load_artifact(model_dir)
-        x, images_note = artifact.test_images(KERNEL_BATCH)
-        gen = torch.Generator().manual_seed(1234)
-
-        def call() -> None:
-            with torch.inference_mode():
-                mc_predict(model, x, MC_SAMPLES, gen, chunk_size=8192)
-
-        with _one_blas_thread():
-            timing = time_call(call, warmup=3, min_repeats=10, max_repeats=1000, budget_s=0.5 if quick else 2.0)
-        us = timing.median_s * 1e6 / KERNEL_BATCH
-        print(f"bench http: MC kernel B={KERNEL_BATCH} T={MC_SAMPLES}: {us:.1f} µs/image", flush=True)
-        blas = "1 thread (threadpoolctl)" if importlib.util.find_spec("threadpoolctl") else "default (no threadpoolctl)"
-        return {
-            "mc_kernel_us_per_image_b32_t100": us,
-            "mc_kernel_error": None,
-            "mc_kernel_images": images_note,
-            "mc_kernel_numpy_blas_threads": blas,
-        }
-    except Exception as exc:
-        print(f"bench http: MC kernel timing failed: {_reason(exc)[:300]}", flush=True)
-        return {"mc_kernel_us_per_image_b32_t100": None, "mc_kernel_error": _reason(exc)}
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _mc_batch_setting() -> str:
-    """Whether this checkout's service knows ``MCSERVE_MC_BATCH`` (it ignores unknown MCSERVE_ variables)."""
-    try:
-        from service.settings import Settings
-    except Exception as exc:
-        return f"unknown (service.settings unimportable: {exc!r})"
-    if "mc_batch" in Settings.model_fields:
-        return "recognised"
-    return "not a setting of this service (unknown MCSERVE_ variables are ignored): both sides ran the same code"
-
-
-def ab_summary(p99s: dict[str, list[float]]) -> dict[str, float | None]:
-    """Median over rounds of each side's p99 at c = 1, and on ÷ off."""
-    on = statistics.median(p99s["on"]) if p99s.get("on") else None
-    off = statistics.median(p99s["off"]) if p99s.get("off") else None
-    return {
-        "uncertainty_t100_p99_ms_c1_batch_on": on,
-        "uncertainty_t100_p99_ms_c1_batch_off": off,
-        "uncertainty_t100_p99_c1_on_vs_off": ratio(on, off),
-    }
-
-
 def mc_batch_ab(env: dict[str, str], image: list[int], workers: int, out: dict[str, Any]) -> None:
     """Two mcserve servers side by side, ``MCSERVE_MC_BATCH`` true and false; wrk at c = 1 on ``/predict/uncertainty``
     (T = 100) alternates between them for ``AB_ROUNDS`` rounds (the side going first alternates too)."""
     body = bodies(image)["mc"]
-    out["uncertainty_t100_batch_ab_setting"] = _mc_batch_setting()
     sides = {"on": ("true", 18113), "off": ("false", 18114)}
     rounds: dict[str, dict[str, list[float]]] = {side: {"p99_ms": [], "rps": [], "errors": []} for side in sides}
     try:
@@ -499,30 +343,6 @@ def mc_batch_ab(env: dict[str, str], image: list[int], workers: int, out: dict[s
         out[f"uncertainty_t100_rps_c1_batch_{side}"] = statistics.median(values["rps"]) if values["rps"] else None
         out[f"uncertainty_t100_errors_c1_batch_{side}"] = int(sum(values["errors"])) if values["errors"] else None
     out.update(ab_summary({side: values["p99_ms"] for side, values in rounds.items()}))
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def mc_derived(out: dict[str, Any]) -> dict[str, Any]:
-    """The MC claims from the measured keys (``None`` where a side is missing).
-
-    Efficiency = req/s × the kernel's µs per image at B = 32 ÷ 10^6: the share of one core the kernel alone would
-    need to serve that many one-image requests batched 32 at a time.
-    """
-    us = _number(out.get("mc_kernel_us_per_image_b32_t100"))
-    svc, floor = _number(out.get("uncertainty_t100_rps_c64")), _number(out.get("mc_floor_rps_c64"))
-    peers = {p: _number(out.get(f"{p}_mc_t100_rps_c64")) for p in MC_PEERS}
-    ran = {p: v for p, v in peers.items() if v is not None and v > 0}
-    best = max(ran, key=lambda p: ran[p]) if ran else None
-    return {
-        "mc_http_efficiency_c64": svc * us / 1e6 if svc is not None and us is not None else None,
-        "mc_floor_efficiency_c64": floor * us / 1e6 if floor is not None and us is not None else None,
-        "mc_vs_floor_c64": ratio(svc, floor),
-        "mc_vs_best_peer_c64": ratio(svc, ran[best]) if best is not None else None,
-        "mc_best_peer_c64": best,
-    }
 
 
 def run(

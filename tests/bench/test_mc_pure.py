@@ -11,7 +11,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from bench import http
+from bench import checks, http, mcclaims
 from bench.peers import common
 from bench.tables import efficiency_target, headline, http_table, mc_table, overload_small_met
 from mcnet import Architecture, DropoutMLP
@@ -59,7 +59,7 @@ def test_mc_many_groups_requests_by_t_and_hands_back_each_its_rows() -> None:
     assert [set(p) for p in body["predictions"]] == [
         {"class_id", "label", "mean_probabilities", "variance", "mutual_information"}
     ] * 2
-    http.check_mc_predictions(2)(json.loads(json.dumps(body)))
+    checks.check_mc_predictions(2)(json.loads(json.dumps(body)))
 
 
 def test_n_samples_of_honours_the_body_and_defaults_to_100() -> None:
@@ -84,21 +84,21 @@ def _mc_row(mean: list[float]) -> dict[str, object]:
 
 def test_mc_answer_checks() -> None:
     good = {"predictions": [_mc_row([0.1] * 10)]}
-    http.check_mc_predictions(1)(good)
+    checks.check_mc_predictions(1)(good)
     with pytest.raises(ValueError, match="sum to 1"):
-        http.check_mc_predictions(1)({"predictions": [_mc_row([0.2] * 10)]})
+        checks.check_mc_predictions(1)({"predictions": [_mc_row([0.2] * 10)]})
     with pytest.raises(ValueError, match="expected 2"):
-        http.check_mc_predictions(2)(good)
+        checks.check_mc_predictions(2)(good)
     with pytest.raises(ValueError, match="variance"):
-        http.check_mc_predictions(1)({"predictions": [{**_mc_row([0.1] * 10), "variance": [0.0] * 9}]})
+        checks.check_mc_predictions(1)({"predictions": [{**_mc_row([0.1] * 10), "variance": [0.0] * 9}]})
     with pytest.raises(ValueError, match="mutual information"):
-        http.check_mc_predictions(1)({"predictions": [{**_mc_row([0.1] * 10), "mutual_information": None}]})
-    http.check_predictions(1)({"predictions": [{"probabilities": [0.1] * 10}]})
+        checks.check_mc_predictions(1)({"predictions": [{**_mc_row([0.1] * 10), "mutual_information": None}]})
+    checks.check_predictions(1)({"predictions": [{"probabilities": [0.1] * 10}]})
     with pytest.raises(ValueError):
-        http.check_predictions(1)({"detail": "nope"})
-    http.check_json_object({"a": 1})
+        checks.check_predictions(1)({"detail": "nope"})
+    checks.check_json_object({"a": 1})
     with pytest.raises(ValueError):
-        http.check_json_object([1])
+        checks.check_json_object([1])
 
 
 def test_v2_mc_answer_check() -> None:
@@ -112,13 +112,13 @@ def test_v2_mc_answer_check() -> None:
             out("mutual_information", [2, 1], [0.0, 0.2]),
         ]
     }
-    http.check_v2_mc(2)(good)
+    checks.check_v2_mc(2)(good)
     bad = json.loads(json.dumps(good))
     bad["outputs"][0]["data"][11] = 0.9
     with pytest.raises(ValueError, match="sum to 1"):
-        http.check_v2_mc(2)(bad)
+        checks.check_v2_mc(2)(bad)
     with pytest.raises(ValueError, match="missing or misshapen"):
-        http.check_v2_mc(1)(good)
+        checks.check_v2_mc(1)(good)
 
 
 def test_mc_derived_keys() -> None:
@@ -130,12 +130,12 @@ def test_mc_derived_keys() -> None:
         "torchserve_mc_t100_rps_c64": None,
         "triton_mc_t100_rps_c64": 500.0,
     }
-    got = http.mc_derived(out)
+    got = mcclaims.mc_derived(out)
     assert got["mc_http_efficiency_c64"] == pytest.approx(0.4)
     assert got["mc_floor_efficiency_c64"] == pytest.approx(0.8)
     assert got["mc_vs_floor_c64"] == pytest.approx(0.5)
     assert got["mc_vs_best_peer_c64"] == pytest.approx(8.0) and got["mc_best_peer_c64"] == "triton"
-    none = http.mc_derived({"uncertainty_t100_rps_c64": 4000.0, "litserve_mc_t100_rps_c64": None})
+    none = mcclaims.mc_derived({"uncertainty_t100_rps_c64": 4000.0, "litserve_mc_t100_rps_c64": None})
     assert none == {
         "mc_http_efficiency_c64": None,
         "mc_floor_efficiency_c64": None,
@@ -146,11 +146,11 @@ def test_mc_derived_keys() -> None:
 
 
 def test_ab_summary_is_the_median_of_round_p99s() -> None:
-    got = http.ab_summary({"on": [2.0, 100.0, 2.2, 2.4], "off": [2.0, 2.0, 90.0]})
+    got = mcclaims.ab_summary({"on": [2.0, 100.0, 2.2, 2.4], "off": [2.0, 2.0, 90.0]})
     assert got["uncertainty_t100_p99_ms_c1_batch_on"] == pytest.approx(2.3)
     assert got["uncertainty_t100_p99_ms_c1_batch_off"] == 2.0
     assert got["uncertainty_t100_p99_c1_on_vs_off"] == pytest.approx(1.15)
-    assert http.ab_summary({"on": [], "off": [1.0]})["uncertainty_t100_p99_c1_on_vs_off"] is None
+    assert mcclaims.ab_summary({"on": [], "off": [1.0]})["uncertainty_t100_p99_c1_on_vs_off"] is None
 
 
 def test_record_failure_gives_every_companion_a_null_and_keeps_what_was_measured() -> None:
@@ -217,7 +217,7 @@ def test_headline_rows_for_mc_peers_efficiency_ab_and_missing_overload() -> None
     h: dict[str, object] = {
         "uncertainty_t100_p99_c1_on_vs_off": 1.05,
         "uncertainty_t100_batch_ab_setting": "recognised",
-        **http.mc_derived(
+        **mcclaims.mc_derived(
             {
                 "mc_kernel_us_per_image_b32_t100": 100.0,
                 "uncertainty_t100_rps_c64": 3000.0,
