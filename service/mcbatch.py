@@ -108,7 +108,6 @@ class MCScheduler:
         self._running = 0
         self._pending: asyncio.Handle | asyncio.TimerHandle | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self.last_call_requests = 0
 
     def close(self) -> None:
         if self._executor is not None:
@@ -289,7 +288,6 @@ class MCScheduler:
         self._running -= 1
         error = call.exception() if not call.cancelled() else asyncio.CancelledError()
         self.metrics.record_mc_batch(len(picks), sum(j.rows(f, c) for j, f, c in picks))
-        self.last_call_requests = len(picks)
         for job, _, _ in picks:
             job.busy = False
             if error is not None and job.outcome is None:

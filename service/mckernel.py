@@ -140,10 +140,6 @@ def tiles_of(request: Prepared) -> list[Tile]:
     return [Tile(request, i, j) for i in range(request.images) for j in range(request.blocks)]
 
 
-def rows_of(tiles: list[Tile]) -> int:
-    return sum(t.passes for t in tiles)
-
-
 def run_tiles(model: DropoutMLP, tiles: list[Tile]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Partial sums per tile, in ``tiles``' order: ``(n, C)`` sum of p, ``(n, C)`` sum of p^2, ``(n,)`` sum of
     -p log p over the tile's passes, float64. Each tile's numbers depend only on that tile."""
