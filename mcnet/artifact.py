@@ -1,0 +1,234 @@
+"""The artifact format: what training writes and the service verifies before any tensor reaches a model.
+
+An artifact is a directory holding
+
+* ``model.safetensors`` - the weights, no pickle;
+* ``manifest.json`` - everything needed to rebuild and trust the network:
+  format version, architecture, input spec, class names, uncertainty threshold,
+  the sha256 of the weights file and a checksum of the manifest itself;
+* optionally ``input_check.safetensors`` - the pixel-space outlier check of
+  ``mcnet.inputcheck``, with its own sha256 in the manifest;
+* optionally ``conformal.safetensors`` - the conformal calibration of ``mcnet.conformal`` (prediction sets and
+  abstention), with its own sha256 in the manifest.
+
+Writes are atomic (a staging directory is renamed into place) and loading
+verifies version, schema and every checksum before any tensor reaches a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mcnet.network import CLASS_NAMES, Architecture, DropoutMLP, InputSpec
+
+if TYPE_CHECKING:
+    from mcnet.inputcheck import InputCheck
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+MODEL_NAME = "fashion-mnist-dropout-mlp"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact that cannot be trusted or used; the message says what to do."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        artifact_dir = self.path.parent if self.path.suffix in {".json", ".safetensors"} else self.path
+        super().__init__(
+            f"{self.path}: {problem}. Re-export the model with "
+            f"`python -m training --out {artifact_dir}` "
+            "or point MCSERVE_MODEL_DIR at a valid artifact directory."
+        )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manifest_checksum(manifest: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_directory(out_dir: Path | str) -> Iterator[Path]:
+    """Yield a staging directory that replaces ``out_dir`` only if the block succeeds.
+
+    A crash inside the block leaves ``out_dir`` as it was (no half artifact);
+    the staging directory is removed.
+    """
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield staging
+        for child in staging.iterdir():
+            if child.is_file():
+                child.chmod(0o644)  # readable by a serving user other than the trainer
+                with open(child, "rb") as fh:
+                    os.fsync(fh.fileno())
+        staging.chmod(0o755)
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(staging, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_artifact_files(
+    directory: Path,
+    model: DropoutMLP,
+    class_names: tuple[str, ...] = CLASS_NAMES,
+    uncertainty_threshold: float = 0.0,
+    uncertainty_rule: str = "",
+    extra: Mapping[str, Any] | None = None,
+    input_check: InputCheck | None = None,
+) -> dict[str, Any]:
+    """Write weights, the optional input check (``mcnet.inputcheck``) and the manifest into ``directory``."""
+    if len(class_names) != model.arch.num_classes:
+        raise ValueError("one class name per output is required")
+    weights_path = directory / WEIGHTS_FILE
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(weights_path), metadata={"format_version": str(FORMAT_VERSION)})
+    import safetensors
+
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "name": MODEL_NAME,
+        "architecture": model.arch.to_json(),
+        "input": model.input_spec.to_json(),
+        "class_names": list(class_names),
+        "uncertainty": {
+            "metric": "mutual_information",
+            "threshold": float(uncertainty_threshold),
+            "rule": uncertainty_rule,
+        },
+        "weights": {"file": WEIGHTS_FILE, "sha256": sha256_file(weights_path)},
+        "versions": {"torch": torch.__version__, "safetensors": safetensors.__version__},
+        "created_at": _utc_now(),
+        "input_check": None if input_check is None else input_check.save(directory),
+        **(dict(extra) if extra else {}),
+    }
+    manifest["version"] = manifest.get("version") or manifest["weights"]["sha256"][:12]
+    manifest["manifest_sha256"] = _manifest_checksum(manifest)
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def save_artifact(out_dir: Path | str, model: DropoutMLP, **kwargs: Any) -> dict[str, Any]:
+    """Atomically write a complete artifact to ``out_dir`` and return its manifest."""
+    with atomic_directory(out_dir) as staging:
+        return write_artifact_files(staging, model, **kwargs)
+
+
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "format_version": int,
+    "name": str,
+    "version": str,
+    "architecture": dict,
+    "input": dict,
+    "class_names": list,
+    "uncertainty": dict,
+    "weights": dict,
+    "created_at": str,
+    "manifest_sha256": str,
+}
+
+
+def read_manifest(directory: Path | str) -> dict[str, Any]:
+    """Read and validate ``manifest.json`` (version, schema, self-checksum)."""
+    path = Path(directory) / MANIFEST_FILE
+    if not Path(directory).is_dir():
+        raise ArtifactError(directory, "model directory does not exist or is not a directory")
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(path, "manifest.json is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(path, f"manifest.json cannot be read ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(path, "manifest.json must hold a JSON object")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(path, f"format_version {version!r} is not supported (this build reads {FORMAT_VERSION})")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(manifest.get(key), kind):
+            raise ArtifactError(path, f"manifest field {key!r} is missing or not a {getattr(kind, '__name__', kind)}")
+    if _manifest_checksum(manifest) != manifest["manifest_sha256"]:
+        raise ArtifactError(path, "manifest checksum mismatch: manifest.json was edited or corrupted")
+    return manifest
+
+
+def load_artifact(directory: Path | str, device: str | torch.device = "cpu") -> tuple[DropoutMLP, dict[str, Any]]:
+    """Verify and load an artifact; returns the model (eval mode, on ``device``) and manifest."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    mpath = directory / MANIFEST_FILE
+    try:
+        arch = Architecture.from_json(manifest["architecture"])
+        spec = InputSpec.from_json(manifest["input"])
+        threshold = float(manifest["uncertainty"]["threshold"])
+        expected_sha = str(manifest["weights"]["sha256"])
+        weights_name = str(manifest["weights"]["file"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(mpath, f"manifest schema error ({exc!r})") from None
+    class_names = manifest["class_names"]
+    if len(class_names) != arch.num_classes or not all(isinstance(c, str) for c in class_names):
+        raise ArtifactError(mpath, "class_names must be one string per output class")
+    if not threshold >= 0.0:
+        raise ArtifactError(mpath, "uncertainty threshold must be a non-negative number")
+    if Path(weights_name).name != weights_name:
+        raise ArtifactError(mpath, "weights file must be a plain file name inside the artifact directory")
+    wpath = directory / weights_name
+    if not wpath.is_file():
+        raise ArtifactError(wpath, "weights file is missing")
+    try:
+        actual_sha = sha256_file(wpath)
+    except OSError as exc:
+        raise ArtifactError(wpath, f"weights file cannot be read ({exc.strerror})") from None
+    if actual_sha != expected_sha:
+        raise ArtifactError(
+            wpath,
+            f"sha256 mismatch (manifest {expected_sha[:12]}, file {actual_sha[:12]}): weights corrupted or tampered",
+        )
+    try:
+        tensors = load_file(str(wpath))
+    except Exception as exc:  # safetensors raises several types for malformed files
+        raise ArtifactError(wpath, f"weights file is not valid safetensors ({exc})") from None
+    model = DropoutMLP(arch, spec)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactError(wpath, f"weights do not match the manifest's architecture ({exc})") from None
+    model.eval()
+    return model.to(device), manifest
+
+
+def _utc_now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
