@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from mcnet.network import CLASS_NAMES, Architecture, DropoutMLP, InputSpec
 
 if TYPE_CHECKING:
+    from mcnet.conformal import Conformal
     from mcnet.inputcheck import InputCheck
 
 FORMAT_VERSION = 1
@@ -107,8 +108,10 @@ def write_artifact_files(
     uncertainty_rule: str = "",
     extra: Mapping[str, Any] | None = None,
     input_check: InputCheck | None = None,
+    conformal: Conformal | None = None,
 ) -> dict[str, Any]:
-    """Write weights, the optional input check (``mcnet.inputcheck``) and the manifest into ``directory``."""
+    """Write weights, the optional input check (``mcnet.inputcheck``), the optional conformal calibration
+    (``mcnet.conformal``) and the manifest into ``directory``."""
     if len(class_names) != model.arch.num_classes:
         raise ValueError("one class name per output is required")
     weights_path = directory / WEIGHTS_FILE
@@ -131,6 +134,7 @@ def write_artifact_files(
         "versions": {"torch": torch.__version__, "safetensors": safetensors.__version__},
         "created_at": _utc_now(),
         "input_check": None if input_check is None else input_check.save(directory),
+        "conformal": None if conformal is None else conformal.save(directory),
         **(dict(extra) if extra else {}),
     }
     manifest["version"] = manifest.get("version") or manifest["weights"]["sha256"][:12]

@@ -94,6 +94,26 @@ def check_uncertainty(base: str, images: list[list[int]], n_samples: int) -> flo
     return flagged / len(images)
 
 
+def check_sets(base: str, images: list[list[int]], labels: list[int], conformal: dict[str, object] | None) -> str:
+    """Conformal prediction sets and abstention, when the artifact has a calibration."""
+    if conformal is None:
+        return "no conformal calibration"
+    n = conformal["mc_samples"]
+    risk = max(0.2, float(str(conformal["min_max_risk"])))
+    out = call(f"{base}/predict/uncertainty", {"images": images, "n_samples": n, "coverage": 0.9, "max_risk": risk})
+    if out["coverage"] != 0.9 or out["conformal_method"] != conformal["method"]:
+        raise SmokeError(
+            f"/predict/uncertainty with coverage: not echoed ({out['coverage']}, {out['conformal_method']})"
+        )
+    covered = 0
+    for i, (p, y) in enumerate(zip(out["predictions"], labels, strict=True)):
+        members = p["prediction_set"]
+        if not isinstance(members, list) or not all(0 <= k < 10 for k in members) or not isinstance(p["abstain"], bool):
+            raise SmokeError(f"/predict/uncertainty image {i}: bad prediction_set {members} / abstain {p['abstain']}")
+        covered += y in members
+    return f"coverage 0.9 sets hold the label for {covered}/{len(labels)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", required=True)
@@ -109,12 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         info = call(f"{base}/info")
         accuracy = check_predict(base, images, labels, info["class_names"])
         share = check_uncertainty(base, images, args.n_samples)
+        sets = check_sets(base, images, labels, info.get("conformal"))
+        set_body = {} if info.get("conformal") is None else {"coverage": 0.9}
+        set_samples = 20 if info.get("conformal") is None else info["conformal"]["mc_samples"]
         call(f"{base}/predict", {"images": [[0] * 783]}, expect=422)  # a client error, seen on the errors panel
         deadline = time.monotonic() + args.traffic_s
         requests = 0
         while time.monotonic() < deadline:
             call(f"{base}/predict", {"images": images[: 1 + requests % 8]})
-            call(f"{base}/predict/uncertainty", {"images": images[:4], "n_samples": 20, "seed": requests})
+            body = {"images": images[:4], "n_samples": set_samples, "seed": requests, **set_body}
+            call(f"{base}/predict/uncertainty", body)
             requests += 2
             time.sleep(0.2)
     except SmokeError as exc:
@@ -123,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     model = info["model"]
     print(
         f"smoke_requests: OK: model {model['name']} {model['version']}, /predict accuracy {accuracy:.2f} on "
-        f"{len(labels)} real test images, uncertain share {share:.2f}, {requests} more requests for the dashboard"
+        f"{len(labels)} real test images, uncertain share {share:.2f}, {sets}, {requests} more requests for the "
+        "dashboard"
     )
     return 0
 

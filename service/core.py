@@ -35,6 +35,7 @@ from .engine import Engine
 from .inference import MCResult
 from .mcbatch import MCScheduler
 from .metrics import MCSummary, Metrics
+from .sets import SetAnswer, SetRequest, answer
 
 T = TypeVar("T")
 SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63 (torch.Generator.manual_seed takes any 64-bit value)
@@ -50,6 +51,7 @@ class MCOutcome:
     seed: int
     seconds: float  # model time
     queued_s: float = 0.0  # waiting for a worker thread (MCSERVE_MAX_CONCURRENCY) before the model ran
+    sets: SetAnswer | None = None  # prediction sets / abstention, when the request asked for them
 
 
 class Core:
@@ -133,23 +135,40 @@ class Core:
         return rows, queued_s
 
     async def uncertainty(
-        self, x: np.ndarray, n_samples: int, seed: int | None, protocol: str, encode: Callable[[MCOutcome], T]
+        self,
+        x: np.ndarray,
+        n_samples: int,
+        seed: int | None,
+        protocol: str,
+        encode: Callable[[MCOutcome], T],
+        sets: SetRequest | None = None,
     ) -> T:
         """MC dropout over pixels ``(B, 28, 28)`` (limits already checked), ``encode``-d in the worker thread.
 
         The request shares kernel calls with whatever other MC requests are running (``service.mcbatch``); its
-        answer does not depend on them. ``seed`` None draws a fresh one (echoed in the outcome). Admission control
-        may refuse it with a 503 :class:`~service.admission.Overloaded` before any work. Records the metrics."""
+        answer does not depend on them. ``seed`` None draws a fresh one (echoed in the outcome). ``sets`` (checked
+        with :func:`service.sets.set_problem`) asks for prediction sets and abstention. Admission control may
+        refuse it with a 503 :class:`~service.admission.Overloaded` before any work. Records the metrics."""
         seed = self.engine.fresh_seed() if seed is None else seed
         engine = self.engine
+        conformal = engine.loaded.conformal if sets is not None and sets.wanted else None
 
         def finish(result: MCResult, seconds: float, queued_s: float) -> tuple[MCSummary, float, T]:
             residuals = engine.input_residuals_array(x)
-            outcome = MCOutcome(_to_cpu(result), residuals, n_samples, seed, seconds, queued_s)
+            result = _to_cpu(result)
+            answered = None
+            if conformal is not None and sets is not None:
+                probs = result.mean_probs.numpy() if conformal.source == "mc" else engine.predict_scored(x)[:, :-1]
+                answered = answer(conformal, sets, probs)
+            outcome = MCOutcome(result, residuals, n_samples, seed, seconds, queued_s, answered)
             return _summarise(engine, outcome), seconds, encode(outcome)
 
         summary, seconds, encoded = await self.mc.submit(x, n_samples, seed, protocol, finish)
         self.metrics.record_uncertainty(summary, seconds, protocol)
+        if summary.set_sizes:
+            self.metrics.record_prediction_sets(summary.set_sizes, protocol)
+        if summary.abstained:
+            self.metrics.record_abstentions(summary.abstained, protocol)
         return encoded
 
     async def off_loop(self, fn: Callable[..., T], *args: object) -> T:
@@ -207,4 +226,6 @@ def _summarise(engine: Engine, outcome: MCOutcome) -> MCSummary:
         mutual_information=mi,
         uncertain=uncertain_flags(engine, mi, outliers),
         n_samples=outcome.n_samples,
+        set_sizes=() if outcome.sets is None else outcome.sets.sizes,
+        abstained=0 if outcome.sets is None or outcome.sets.abstain is None else sum(outcome.sets.abstain),
     )

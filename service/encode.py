@@ -15,6 +15,7 @@ from .inference import MCResult
 
 if TYPE_CHECKING:
     from .core import MCOutcome
+    from .sets import SetAnswer
 
 
 def argmax(values: Sequence[float]) -> int:
@@ -59,9 +60,14 @@ def mc_lists(result: MCResult) -> dict[str, list[Any]]:
 
 
 def uncertainty_payload(
-    loaded: LoadedModel, out: dict[str, list[Any]], residuals: list[float] | None, n_samples: int, seed: int
+    loaded: LoadedModel,
+    out: dict[str, list[Any]],
+    residuals: list[float] | None,
+    n_samples: int,
+    seed: int,
+    sets: SetAnswer | None = None,
 ) -> dict[str, Any]:
-    """``UncertaintyResponse`` from :func:`mc_lists` output and the input-check scores.
+    """``UncertaintyResponse`` from :func:`mc_lists` output, the input-check scores and the conformal answer.
 
     ``uncertain`` is the one flag to act on: the mutual information exceeds the manifest's threshold (the
     network's dropout passes disagree) *or* the input check says the image is unlike the training images.
@@ -86,8 +92,18 @@ def uncertainty_payload(
                 "input_residual": residual,
                 "input_outlier": outlier,
                 "uncertain": mi > threshold or outlier is True,
+                "prediction_set": None,
+                "prediction_set_labels": None,
+                "abstain": None,
             }
         )
+    if sets is not None:
+        for b, prediction in enumerate(predictions):
+            if sets.sets is not None:
+                prediction["prediction_set"] = sets.sets[b]
+                prediction["prediction_set_labels"] = [names[k] for k in sets.sets[b]]
+            if sets.abstain is not None:
+                prediction["abstain"] = sets.abstain[b]
     check = loaded.input_check
     return {
         "model": loaded.ref,
@@ -95,6 +111,9 @@ def uncertainty_payload(
         "seed": seed,
         "uncertainty_threshold": threshold,
         "input_check_threshold": None if check is None else check.threshold,
+        "coverage": None if sets is None else sets.request.coverage,
+        "max_risk": None if sets is None else sets.request.max_risk,
+        "conformal_method": None if sets is None else sets.method,
         "predictions": predictions,
     }
 
@@ -102,4 +121,5 @@ def uncertainty_payload(
 def uncertainty_payload_of(loaded: LoadedModel, outcome: MCOutcome) -> dict[str, Any]:
     """``UncertaintyResponse`` for one :meth:`service.core.Core.uncertainty` outcome (runs in its worker thread)."""
     residuals = None if outcome.residuals is None else outcome.residuals.tolist()
-    return uncertainty_payload(loaded, mc_lists(outcome.result), residuals, outcome.n_samples, outcome.seed)
+    out = mc_lists(outcome.result)
+    return uncertainty_payload(loaded, out, residuals, outcome.n_samples, outcome.seed, outcome.sets)

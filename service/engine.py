@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from mcnet import ArtifactError, DropoutMLP, load_artifact
+from mcnet.conformal import Conformal, load_conformal
 from mcnet.inputcheck import InputCheck, load_input_check
 
 from .evalkernel import EvalKernel
@@ -59,6 +60,7 @@ class LoadedModel:
     device: torch.device
     input_check: InputCheck | None = None  # None for artifacts exported before the check existed
     kernel: EvalKernel | None = None  # the numpy eval pass on CPU; None on CUDA, where torch runs it
+    conformal: Conformal | None = None  # prediction sets and abstention; None for artifacts exported without one
 
     @cached_property  # read on every request; the manifest never changes
     def class_names(self) -> list[str]:
@@ -109,7 +111,10 @@ class Engine:
                 raise ArtifactError(self.settings.model_dir, "loaded model is not in eval mode")
             check = load_input_check(self.settings.model_dir, manifest)  # on CPU, where requests decode pixels
             kernel = EvalKernel(model, check) if device.type == "cpu" else None
-            loaded = LoadedModel(model=model, manifest=manifest, device=device, input_check=check, kernel=kernel)
+            conformal = load_conformal(self.settings.model_dir, manifest)
+            loaded = LoadedModel(
+                model=model, manifest=manifest, device=device, input_check=check, kernel=kernel, conformal=conformal
+            )
             self._warm_up(loaded)
             log.info(
                 "model %s version %s loaded on %s and warmed up in %.2fs",

@@ -27,6 +27,7 @@ ROW_BUCKETS = (1, 10, 100, 250, 500, 1000, 2000, 4000, 8192, 16384, 65536)
 SAMPLE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 ENTROPY_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5)
 MI_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+SET_SIZE_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)  # classes in a conformal prediction set (10 classes at most)
 PROTOCOLS = ("rest", "v2_http", "v2_grpc")  # the ``protocol`` label's values: mcserve's own REST, v2 HTTP, v2 gRPC
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -41,6 +42,8 @@ class MCSummary:
     mutual_information: Sequence[float]
     uncertain: Sequence[bool]
     n_samples: int
+    set_sizes: Sequence[int] = ()  # conformal prediction-set sizes, when the request asked for a coverage
+    abstained: int = 0  # images abstained on, when the request asked for a max_risk
 
 
 class Metrics:
@@ -108,6 +111,20 @@ class Metrics:
         for reason in ("queue_full", "queue_timeout"):  # exported as 0 from the start: rates need a series
             for protocol in PROTOCOLS:
                 self.shed.labels("predict_uncertainty", reason, protocol)
+        self.prediction_set_size = Histogram(
+            "mcserve_prediction_set_size",
+            "Classes in each image's conformal prediction set (requests that ask for a coverage), by protocol",
+            ["protocol"], buckets=SET_SIZE_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.abstained = Counter(
+            "mcserve_abstained",
+            "Images the service abstained on (requests with max_risk): confidence below the threshold that "
+            "guarantees max_risk",
+            ["protocol"], registry=registry,
+        )  # fmt: skip
+        for protocol in PROTOCOLS:  # exported from the start: the dashboard and the drift alert need a series
+            self.prediction_set_size.labels(protocol)
+            self.abstained.labels(protocol)
         self.model_info = Gauge(
             "mcserve_model_info", "Loaded model (value 1) with its identity as labels",
             ["name", "version", "sha256", "device"], registry=registry, multiprocess_mode="livemax",
@@ -204,6 +221,17 @@ class Metrics:
         self.child(self.inference_latency, "predict_uncertainty", protocol).observe(seconds)
         self.child(self.mc_samples, protocol).observe(summary.n_samples)
         self.record_predictions("predict_uncertainty", summary.labels, summary.outliers, protocol)
+
+    def record_prediction_sets(self, sizes: Sequence[int], protocol: str = "rest") -> None:
+        """The size (number of classes) of each image's conformal prediction set, for a request with a coverage."""
+        histogram = self.child(self.prediction_set_size, protocol)
+        for size in sizes:
+            histogram.observe(size)
+
+    def record_abstentions(self, count: int, protocol: str = "rest") -> None:
+        """``count`` images of a request with a ``max_risk`` that the service abstained on."""
+        if count:
+            self.child(self.abstained, protocol).inc(count)
 
     def record_shed(self, endpoint: str, reason: str, protocol: str) -> None:
         """One request refused by admission control (``reason``: queue_full or queue_timeout)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -15,6 +16,7 @@ from .engine import Engine
 from .errors import InputError, NotReadyError, error_response
 from .metrics import Metrics
 from .schemas import ErrorResponse, PredictRequest, PredictResponse, Status, UncertaintyRequest, UncertaintyResponse
+from .sets import SetRequest, set_problem
 
 router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -78,9 +80,14 @@ async def predict_uncertainty(body: UncertaintyRequest, core: CoreDep) -> dict[s
     problem = core.mc_limit_problem(n, count)
     if problem is not None:
         raise InputError("n_samples", problem)
+    sets = SetRequest(body.coverage, body.max_risk)
+    set_fault = set_problem(engine.loaded.conformal, sets, n, ("coverage", "max_risk", "n_samples"))
+    if set_fault is not None:
+        raise InputError(*set_fault)
     x = await engine.run(decode_batch, body.images, body.images_png, s.max_batch, s.max_png_bytes)
     loaded = engine.loaded
-    return await core.uncertainty(x.numpy(), n, body.seed, "rest", lambda o: uncertainty_payload_of(loaded, o))
+    encode = functools.partial(uncertainty_payload_of, loaded)
+    return await core.uncertainty(x.numpy(), n, body.seed, "rest", encode, sets)
 
 
 @router.get("/livez", response_model=Status, summary="Liveness: the process is up")
@@ -106,6 +113,16 @@ _INFO_EXAMPLE = {
     "class_names": ["T-shirt/top", "Trouser", "…"],
     "uncertainty": {"metric": "mutual_information", "threshold": 0.1, "rule": "…"},
     "input_check": {"method": "pca_residual", "components": 32, "threshold": 0.042, "quantile": 0.99, "rule": "…"},
+    "conformal": {
+        "method": "mondrian_lac",
+        "source": "mc",
+        "mc_samples": 100,
+        "calibration_images": 2500,
+        "coverage_range": [0.5, 0.999],
+        "min_max_risk": 0.012,
+        "delta": 0.05,
+        "rule": "…",
+    },
     "metrics": {"test_accuracy": 0.85},
     "limits": {"max_batch": 256, "default_samples": 100, "max_samples": 1000},
     "batching": {"fast_path": True, "max_images": 256, "max_wait_ms": 0.0},
@@ -117,6 +134,14 @@ def _check_info(section: Any) -> dict[str, Any] | None:
     if not isinstance(section, dict):
         return None
     return {k: section.get(k) for k in ("method", "components", "threshold", "quantile", "rule")}
+
+
+def _conformal_info(section: Any) -> dict[str, Any] | None:
+    """The manifest's conformal section without file bookkeeping: what ``coverage`` and ``max_risk`` need."""
+    if not isinstance(section, dict):
+        return None
+    keys = ("method", "source", "mc_samples", "calibration_images", "coverage_range", "min_max_risk", "delta", "rule")
+    return {k: section.get(k) for k in keys}
 
 
 @router.get(
@@ -136,6 +161,7 @@ async def info(engine: EngineDep) -> JSONResponse:
             "architecture": m.get("architecture"),
             "uncertainty": m.get("uncertainty"),
             "input_check": _check_info(m.get("input_check")),
+            "conformal": _conformal_info(m.get("conformal")),
             "metrics": m.get("metrics", {}),
             "limits": {
                 "max_batch": s.max_batch,

@@ -57,6 +57,18 @@ class UncertaintyRequest(PredictRequest):
         strict=True,
         description="dropout-mask seed; same seed + same input -> same response",
     )
+    coverage: float | None = Field(
+        default=None,
+        strict=True,  # a JSON number only: no "0.9" or true
+        description="ask for conformal prediction sets holding the true class with this probability, 0.5..0.999 "
+        "(marginal over images, split-conformal guarantee); needs the artifact's calibration and its n_samples",
+    )
+    max_risk: float | None = Field(
+        default=None,
+        strict=True,
+        description="ask for abstention: accept an image only if the error rate among accepted images stays at most "
+        "this, with probability 0.95 over the calibration (selection with guaranteed risk); below 1",
+    )
 
 
 class ModelRef(BaseModel):
@@ -113,6 +125,17 @@ class UncertainPrediction(BaseModel):
     input_residual: float | None = Field(description=_RESIDUAL + "; null if the artifact has no input check")
     input_outlier: bool | None = Field(description=_OUTLIER + "; null if the artifact has no input check")
     uncertain: bool = Field(description="mutual_information above the manifest's threshold, or input_outlier")
+    prediction_set: list[int] | None = Field(
+        default=None,
+        description="class ids in the conformal prediction set, most probable first (may be empty); null unless "
+        "the request gave coverage",
+    )
+    prediction_set_labels: list[str] | None = Field(default=None, description="the labels of prediction_set")
+    abstain: bool | None = Field(
+        default=None,
+        description="true: the image's confidence is below the threshold that guarantees max_risk, do not act on "
+        "class_id; null unless the request gave max_risk",
+    )
 
 
 class UncertaintyResponse(BaseModel):
@@ -150,6 +173,11 @@ class UncertaintyResponse(BaseModel):
     seed: int = Field(description="seed actually used; send it back to reproduce this response")
     uncertainty_threshold: float
     input_check_threshold: float | None = Field(description="null if the artifact has no input check")
+    coverage: float | None = Field(default=None, description="the requested coverage, echoed; null if none")
+    max_risk: float | None = Field(default=None, description="the requested max_risk, echoed; null if none")
+    conformal_method: str | None = Field(
+        default=None, description="the calibration's method (lac, aps, mondrian_lac) when sets or abstention were asked"
+    )
     predictions: list[UncertainPrediction]
 
 

@@ -24,6 +24,7 @@ _TUNABLE = (
     ("dropout2", float),
     ("hidden", int),
     ("val_size", int),
+    ("calib_size", int),
     ("train_limit", int),
     ("threads", int),
     ("input_check_components", int),

@@ -63,6 +63,7 @@ class FashionData:
     train: Split
     val: Split
     test: Split
+    calib: Split  # conformal calibration only: carved out of the held-out images, disjoint from val and train
 
 
 def read_split(root: Path, train: bool) -> Split:
@@ -106,17 +107,27 @@ def read_train_test(data_dir: Path, download: bool = False) -> tuple[Split, Spli
     raise DataNotFoundError(data_dir)
 
 
-def load_fashion_mnist(data_dir: Path, val_size: int, seed: int, download: bool = False) -> FashionData:
-    """Train/validation/test splits; the validation images are a seeded random subset of the training set."""
+def load_fashion_mnist(
+    data_dir: Path, val_size: int, seed: int, download: bool = False, calib_size: int = 0
+) -> FashionData:
+    """Train/validation/calibration/test splits.
+
+    ``val_size`` images, a seeded random subset of the training set, are held out; the first ``calib_size`` of them
+    (in the seeded order) form the calibration split and the rest the validation split, so the training images
+    do not depend on ``calib_size``.
+    """
     train, test = read_train_test(data_dir, download)
     if not 0 < val_size < len(train):
         raise ValueError(f"val_size must lie in (0, {len(train)}), got {val_size}")
+    if not 0 <= calib_size < val_size:
+        raise ValueError(f"calib_size must lie in [0, val_size={val_size}), got {calib_size}")
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    calib_idx, val_idx, train_idx = perm[:calib_size], perm[calib_size:val_size], perm[val_size:]
     return FashionData(
         train=Split(train.images[train_idx], train.labels[train_idx]),
         val=Split(train.images[val_idx], train.labels[val_idx]),
         test=test,
+        calib=Split(train.images[calib_idx], train.labels[calib_idx]),
     )
 
 

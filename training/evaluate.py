@@ -148,7 +148,9 @@ def evaluate(
 ) -> tuple[dict[str, float], dict[str, Predictions], float]:
     """Full evaluation; returns (report, predictions by set name incl. 'val'/'test', MI threshold)."""
     torch.manual_seed(seed + 1)  # the MC dropout masks: a fixed seed makes the report reproducible
-    preds = {"val": predict(model, val.images, mc_samples), "test": predict(model, test.images, mc_samples)}
+    # test first: its masks (and so the report) do not depend on how the held-out images are split
+    test_pred = predict(model, test.images, mc_samples)
+    preds = {"val": predict(model, val.images, mc_samples), "test": test_pred}
     oods = ood_sets(test.images, noise_samples, seed)
     for name, images in oods.items():
         preds[name] = predict(model, images, mc_samples)

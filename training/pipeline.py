@@ -15,10 +15,10 @@ import torchvision
 
 import mcnet
 from mcnet.inputcheck import InputCheck
-from training import calibrate, plots
+from training import calibrate, conformal, plots
 from training.config import TrainConfig
 from training.data import DEFAULT_DATA_DIR, load_fashion_mnist
-from training.evaluate import evaluate
+from training.evaluate import evaluate, predict
 from training.train import append_history, train
 
 UNCERTAINTY_RULE = (
@@ -58,10 +58,13 @@ def run(config: TrainConfig) -> dict[str, Any]:
     _seed_everything(config)
     device = resolve_device(config.device)
     data_dir = config.data_dir or DEFAULT_DATA_DIR
-    data = load_fashion_mnist(Path(data_dir), config.val_size, config.seed, download=config.download)
+    data = load_fashion_mnist(
+        Path(data_dir), config.val_size, config.seed, download=config.download, calib_size=config.calib_size
+    )
     train_split = data.train.head(config.train_limit)
     print(
-        f"training on {len(train_split)} images ({len(data.val)} validation, {len(data.test)} test) on {device}",
+        f"training on {len(train_split)} images ({len(data.val)} validation, {len(data.calib)} calibration, "
+        f"{len(data.test)} test) on {device}",
         file=sys.stderr,
     )
     with mcnet.atomic_directory(config.out_dir) as staging:
@@ -91,8 +94,25 @@ def run(config: TrainConfig) -> dict[str, Any]:
             config.seed,
             check,
         )
-        report["input_check_seconds"] = check_seconds
         report["eval_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fitted, conformal_table = None, None
+        if len(data.calib):
+            torch.manual_seed(config.seed + 3)  # the calibration images' own dropout masks
+            calib = predict(result.model, data.calib.images, config.eval_mc_samples)
+            fitted, conformal_report, conformal_table = conformal.calibrate(
+                {"mc": calib.mc_probs.numpy(), "eval": calib.eval_probs.double().numpy()},
+                data.calib.labels.numpy(),
+                {"mc": preds["test"].mc_probs.numpy(), "eval": preds["test"].eval_probs.double().numpy()},
+                data.test.labels.numpy(),
+                config.eval_mc_samples,
+                config.conformal_delta,
+                config.seed,
+            )
+            report.update(conformal_report)
+            (staging / "conformal_report.json").write_text(json.dumps(conformal_table, indent=2) + "\n")
+        report["conformal_seconds"] = time.perf_counter() - t0
+        report["input_check_seconds"] = check_seconds
         report["calibrate_seconds"] = calibrate_seconds
         report["temperature"] = temperature
         report["train_seconds"] = result.train_seconds
@@ -113,6 +133,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
             uncertainty_threshold=threshold,
             uncertainty_rule=rule,
             input_check=check,
+            conformal=fitted,
             extra={
                 "training": config.to_json(),
                 "metrics": {k: report[k] for k in HEADLINE},
@@ -120,9 +141,11 @@ def run(config: TrainConfig) -> dict[str, Any]:
                 "versions": versions,
             },
         )
-        report = {k: float(v) for k, v in sorted(report.items())}
+        report = {k: v if isinstance(v, str) else float(v) for k, v in sorted(report.items())}
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         if config.plots:
             plots.write_all(staging, result.history, preds, data.test.labels, threshold)
+            if conformal_table is not None:
+                plots.conformal_curves(conformal_table, staging / "conformal.png")
         print(f"artifact {manifest['version']} written to {config.out_dir}", file=sys.stderr)
     return report

@@ -73,3 +73,21 @@ def write_all(
     mi_preds = {"test (in-dist.)": preds["test"], **{k: v for k, v in preds.items() if k not in ("val", "test")}}
     mi_histograms(mi_preds, threshold, out / "mi_histogram.png")
     return ["training_curves.png", "reliability.png", "mi_histogram.png"]
+
+
+def conformal_curves(table: dict[str, Any], path: Path) -> None:
+    """Test coverage against mean set size for every conformal method and probability source, at 0.90-0.99."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in table["methods"]:
+        points = [row[f"test_at_{level}"] for level in (90, 95, 99)]
+        style = "-o" if row["source"] == "mc" else "--s"
+        label = f"{row['method']} ({row['source']})"
+        ax.plot([p["set_size"] for p in points], [p["coverage"] for p in points], style, label=label)
+    for level in (0.90, 0.95, 0.99):
+        ax.axhline(level, color="grey", lw=0.5)
+    ax.set(title="Conformal sets on the test images (target 0.90/0.95/0.99)", xlabel="mean set size",
+           ylabel="test coverage")  # fmt: skip
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

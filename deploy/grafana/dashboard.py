@@ -75,6 +75,15 @@ def panels() -> list[Panel]:
     )
     mean_samples = f"sum(rate(mcserve_mc_samples_sum[{RATE}])) / sum(rate(mcserve_mc_samples_count[{RATE}]))"
     coalesced = "mcserve_batch_coalesced_requests"
+    set_size = "mcserve_prediction_set_size"
+    mean_set_size = f"sum(rate({set_size}_sum[{RATE}])) / sum(rate({set_size}_count[{RATE}]))"
+    # ceil: the sizes are whole numbers and the buckets 0, 1, ..., 10, so the quantile interpolated in its
+    # bucket (k - 1, k] rounds up to the exact k
+    set_size_q = [
+        target(f"ceil(histogram_quantile({q}, sum by (le) (rate({set_size}_bucket[{RATE}]))))", f"p{q * 100:.0f}", ref)
+        for ref, q in (("B", 0.5), ("C", 0.9))
+    ]
+    abstained = "abstained images/s"
     mean_coalesced = f"sum(rate({coalesced}_sum[{RATE}])) / sum(rate({coalesced}_count[{RATE}]))"
     return [
         panel(
@@ -188,6 +197,28 @@ def panels() -> list[Panel]:
             "Predictive entropy distribution",
             "mcserve_predictive_entropy_nats",
             "Per-image predictive entropy (total uncertainty), nats, over time.",
+        ),
+        panel(
+            "Prediction-set size (conformal)",
+            "timeseries",
+            [
+                target(mean_set_size, "mean", "A"),
+                *set_size_q,
+                target(f"sum(rate(mcserve_abstained_total[{RATE}]))", abstained, "D"),
+            ],
+            "short",
+            "Classes in each image's conformal prediction set, for requests that ask for a coverage (mean, p50, "
+            "p90; drift alert when the mean jumps above 1.5x its 24 h baseline), and images abstained on per "
+            "second (requests with max_risk; right axis).",
+            fieldConfig={
+                "defaults": {"unit": "short"},
+                "overrides": [
+                    {
+                        "matcher": {"id": "byName", "options": abstained},
+                        "properties": [{"id": "custom.axisPlacement", "value": "right"}],
+                    }
+                ],
+            },
         ),
         panel(
             "Predictions by class",

@@ -15,11 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from mcnet.conformal import Conformal
+
 from ..core import SEED_LIMIT, Core, MCOutcome, outliers_of, uncertain_flags
 from ..errors import NotReadyError
-from .models import ModelSpec, model_config, model_metadata, model_specs
+from ..sets import SetRequest, set_problem
+from .models import SET_OUTPUTS, ModelSpec, model_config, model_metadata, model_specs
 from .stats import ModelStats
-from .tensors import V2Error, check_shape, images, int_parameter
+from .tensors import V2Error, check_shape, float_parameter, images, int_parameter
 from .types import InferRequest, InferResponse, OutputTensor
 
 SERVER_NAME = "mcserve"
@@ -46,7 +49,8 @@ class DataPlane:
     def _models(self) -> dict[str, ModelSpec]:
         if not self._specs:
             loaded = self.core.engine.loaded
-            for spec in model_specs(str(loaded.manifest["name"]), len(loaded.class_names)):
+            conformal = loaded.conformal is not None
+            for spec in model_specs(str(loaded.manifest["name"]), len(loaded.class_names), conformal):
                 self._specs[spec.name] = spec
                 self._stats[spec.name] = ModelStats()
         return self._specs
@@ -147,21 +151,25 @@ class DataPlane:
             if other is not None:
                 raise V2Error(f"input '{other}'", f"is not an input of model '{spec.name}'; its only input is 'images'")
             raise V2Error("inputs", "input 'images' is given more than once")
-        n, seed = s.default_samples, None
+        n, seed, sets = s.default_samples, None, SetRequest()
         if spec.mc:  # parameters before pixels: a refused request costs no decoding
             n = int_parameter(request.parameters, "mc_samples", s.default_samples, 1, s.max_samples) or n
             seed = int_parameter(request.parameters, "seed", None, 0, SEED_LIMIT - 1)
             problem = self.core.mc_limit_problem(n, check_shape(request.inputs[0], s.max_batch), "mc_samples")
             if problem is not None:
                 raise V2Error("parameter 'mc_samples'", problem)
+            sets = _set_request(request.parameters, self.core.engine.loaded.conformal, n, wanted)
         t0 = time.perf_counter_ns()
         x = images(request.inputs[0], s.max_batch)
         t1 = time.perf_counter_ns()
         if spec.mc:
-            outcome = await self.core.uncertainty(x, n, seed, protocol, _keep)
+            outcome = await self.core.uncertainty(x, n, seed, protocol, _keep, sets)
             t2 = time.perf_counter_ns()
             outputs = self._mc(spec, outcome)
             parameters: dict[str, Any] = {"mc_samples": outcome.n_samples, "seed": outcome.seed}
+            if outcome.sets is not None:
+                parameters["conformal_method"] = outcome.sets.method
+                parameters.update({k: v for k, v in vars(sets).items() if v is not None})
             queued_ns = round(outcome.queued_s * 1e9)
         else:
             rows, queued_s = await self.core.predict_timed(x, protocol, *sharing)
@@ -199,8 +207,18 @@ class DataPlane:
         mi = r.mutual_information.numpy()
         outliers = outliers_of(engine, outcome.residuals, len(mean))
         residual = outcome.residuals
+        answered = outcome.sets
+        in_set = np.zeros(mean.shape, dtype=np.bool_)
+        abstain = np.zeros(len(mean), dtype=np.bool_)
+        if answered is not None and answered.sets is not None:
+            for b, members in enumerate(answered.sets):
+                in_set[b, members] = True
+        if answered is not None and answered.abstain is not None:
+            abstain = np.array(answered.abstain, dtype=np.bool_)
         return _named(
             spec,
+            prediction_set=in_set,
+            abstain=abstain,
             mean_probabilities=mean,
             variance=r.variance.numpy(),
             std=r.std.numpy(),
@@ -216,6 +234,21 @@ class DataPlane:
 
 def _keep(outcome: MCOutcome) -> MCOutcome:
     return outcome
+
+
+def _set_request(parameters: dict[str, Any], conformal: Conformal | None, n: int, wanted: list[str]) -> SetRequest:
+    """The request's ``coverage`` / ``max_risk`` parameters, checked; the set outputs need their parameter."""
+    sets = SetRequest(float_parameter(parameters, "coverage"), float_parameter(parameters, "max_risk"))
+    fault = set_problem(conformal, sets, n, ("parameter 'coverage'", "parameter 'max_risk'", "parameter 'mc_samples'"))
+    if fault is not None:
+        raise V2Error(*fault)
+    for output, value, parameter in (
+        ("prediction_set", sets.coverage, "coverage"),
+        ("abstain", sets.max_risk, "max_risk"),
+    ):
+        if output in wanted and value is None:
+            raise V2Error(f"output '{output}'", f"needs the parameter '{parameter}'")
+    return sets
 
 
 def v2_version(manifest_version: str) -> str:
@@ -241,7 +274,9 @@ def _dtype(datatype: str) -> type:
 
 def _requested(spec: ModelSpec, request: InferRequest) -> list[str]:
     if request.outputs is None or not request.outputs:
-        return list(spec.output_names)
+        given = request.parameters  # the set outputs come by default only when their parameter is given
+        skip = {o for o, p in zip(SET_OUTPUTS, ("coverage", "max_risk"), strict=True) if p not in given}
+        return [name for name in spec.output_names if name not in skip]
     names = []
     for out in request.outputs:
         if out.name not in spec.output_names:

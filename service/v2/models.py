@@ -53,15 +53,20 @@ class ModelSpec:
 IMAGES = TensorSpec("images", "FP32", (PIXELS,))
 
 
-def model_specs(name: str, classes: int) -> tuple[ModelSpec, ModelSpec]:
-    """The eval model and the MC model for the artifact ``name`` with ``classes`` classes."""
+SET_OUTPUTS = ("prediction_set", "abstain")  # only with the coverage / max_risk parameter; never sent by default
+
+
+def model_specs(name: str, classes: int, conformal: bool = False) -> tuple[ModelSpec, ModelSpec]:
+    """The eval model and the MC model for the artifact ``name`` with ``classes`` classes; with ``conformal`` (the
+    artifact has a conformal calibration) the MC model also takes ``coverage`` and ``max_risk`` and has the
+    ``prediction_set`` (a class-membership mask) and ``abstain`` outputs."""
     per_image = (
         TensorSpec("class_id", "INT64", ()),
         TensorSpec("input_residual", "FP32", ()),
         TensorSpec("input_outlier", "BOOL", ()),
     )
     eval_model = ModelSpec(name, False, (TensorSpec("probabilities", "FP32", (classes,)), *per_image), ())
-    mc_outputs = (
+    mc_outputs: tuple[TensorSpec, ...] = (
         TensorSpec("mean_probabilities", "FP32", (classes,)),
         TensorSpec("variance", "FP32", (classes,)),
         TensorSpec("std", "FP32", (classes,)),
@@ -71,7 +76,11 @@ def model_specs(name: str, classes: int) -> tuple[ModelSpec, ModelSpec]:
         TensorSpec("uncertain", "BOOL", ()),
         *per_image,
     )
-    mc_model = ModelSpec(name + MC_SUFFIX, True, mc_outputs, ("mc_samples", "seed"))
+    parameters: tuple[str, ...] = ("mc_samples", "seed")
+    if conformal:
+        mc_outputs += (TensorSpec("prediction_set", "BOOL", (classes,)), TensorSpec("abstain", "BOOL", ()))
+        parameters += ("coverage", "max_risk")
+    mc_model = ModelSpec(name + MC_SUFFIX, True, mc_outputs, parameters)
     return eval_model, mc_model
 
 

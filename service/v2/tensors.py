@@ -135,3 +135,14 @@ def int_parameter(parameters: dict[str, Any], name: str, default: int | None, lo
     if not low <= value <= high:
         raise V2Error(f"parameter '{name}'", f"{value} is out of range; it must be between {low} and {high}")
     return value
+
+
+def float_parameter(parameters: dict[str, Any], name: str) -> float | None:
+    """Request parameter ``name`` as a number (a float, or an integer read as one), None when absent; the range is
+    checked by the caller (``service.sets.set_problem``)."""
+    if name not in parameters:
+        return None
+    value = parameters[name]
+    if type(value) not in (int, float):
+        raise V2Error(f"parameter '{name}'", f"must be a number, got {type(value).__name__} {value!r}")
+    return float(value)

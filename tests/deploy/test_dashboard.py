@@ -88,6 +88,9 @@ def test_dashboard_covers_what_on_call_needs(dashboard: dict[str, Any]) -> None:
         "mcserve_input_outliers_total",
         "sum by (class_name) (rate(mcserve_predictions_total",
         "mcserve_model_info",
+        "sum(rate(mcserve_prediction_set_size_sum",
+        "histogram_quantile(0.9, sum by (le) (rate(mcserve_prediction_set_size_bucket",
+        "rate(mcserve_abstained_total",
     ):
         assert needed in exprs, needed
     kinds = {p["title"]: p["type"] for p in dashboard["panels"]}

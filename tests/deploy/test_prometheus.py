@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -28,16 +30,36 @@ def test_promtool_rule_unit_tests_pass(promtool: str) -> None:
     assert "SUCCESS" in out.stdout + out.stderr
 
 
-def test_promtool_rule_tests_catch_a_broken_threshold(promtool: str, tmp_path: Path) -> None:
-    """The unit tests would notice if the error-ratio SLO silently changed (they can fail)."""
+BROKEN_THRESHOLDS = [
+    ("McserveHighErrorRatio", "mcserve:http_errors:ratio_rate5m > 0.05", "mcserve:http_errors:ratio_rate5m > 0.5"),
+    (
+        "McservePredictionSetSizeJump",
+        "mcserve:prediction_set_size:mean_rate15m > 1.5 * mcserve:prediction_set_size:mean_rate24h_offset1h",
+        "mcserve:prediction_set_size:mean_rate15m > 3 * mcserve:prediction_set_size:mean_rate24h_offset1h",
+    ),
+    (
+        "McservePredictionSetSizeJump",
+        "sum(rate(mcserve_prediction_set_size_count[15m])) >= 0.1",
+        "sum(rate(mcserve_prediction_set_size_count[15m])) >= 0.001",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("alert", "threshold", "broken"), BROKEN_THRESHOLDS, ids=["error-ratio-slo", "set-size-factor", "set-size-volume"]
+)
+def test_promtool_rule_tests_catch_a_broken_threshold(
+    promtool: str, tmp_path: Path, alert: str, threshold: str, broken: str
+) -> None:
+    """The unit tests would notice if a threshold (an SLO, a drift factor, a minimum volume) silently changed."""
     shutil.copytree(ROOT / "deploy/prometheus", tmp_path / "prometheus")
     rules = tmp_path / "prometheus/rules/mcserve.yml"
     text = rules.read_text()
-    assert "mcserve:http_errors:ratio_rate5m > 0.05" in text
-    rules.write_text(text.replace("mcserve:http_errors:ratio_rate5m > 0.05", "mcserve:http_errors:ratio_rate5m > 0.5"))
+    assert text.count(threshold) == 1
+    rules.write_text(text.replace(threshold, broken))
     out = run(promtool, "test", "rules", str(tmp_path / "prometheus/tests/mcserve_test.yml"))
     assert out.returncode != 0
-    assert "McserveHighErrorRatio" in out.stdout + out.stderr
+    assert alert in out.stdout + out.stderr
 
 
 def test_api_is_scraped_every_5s_and_rules_are_loaded(read_yaml: Callable[[str], Any]) -> None:
@@ -51,7 +73,13 @@ def test_api_is_scraped_every_5s_and_rules_are_loaded(read_yaml: Callable[[str],
 def test_issue_alerts_exist_with_severity_and_summary(read_yaml: Callable[[str], Any]) -> None:
     rules = read_yaml("deploy/prometheus/rules/mcserve.yml")
     alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"] if "alert" in r}
-    for name in ("McserveHighErrorRatio", "McserveP99LatencyAboveSLO", "McserveUncertainShareJump", "McserveApiDown"):
+    for name in (
+        "McserveHighErrorRatio",
+        "McserveP99LatencyAboveSLO",
+        "McserveUncertainShareJump",
+        "McserveApiDown",
+        "McservePredictionSetSizeJump",
+    ):
         assert name in alerts
         assert alerts[name]["labels"]["severity"] in {"warning", "critical"}
         assert alerts[name]["annotations"]["summary"]

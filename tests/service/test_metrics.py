@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mcnet import read_manifest
 from service import Settings, create_app
+from service.metrics import PROTOCOLS, Metrics
 
 
 def scrape(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -99,3 +100,48 @@ def test_input_outliers_are_counted_per_endpoint(
         == sum(p["uncertain"] for p in mc["predictions"])
         == 2
     )
+
+
+def test_prediction_sets_and_abstentions_are_exported_per_protocol() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    samples = exposition(metrics)
+    for protocol in PROTOCOLS:  # a 0 series from the start, so the dashboard and the drift alert have data
+        assert samples[("mcserve_prediction_set_size_count", frozenset({("protocol", protocol)}))] == 0
+        assert samples[("mcserve_prediction_set_size_bucket", frozenset({("protocol", protocol), ("le", "+Inf")}))] == 0
+        assert samples[("mcserve_abstained_total", frozenset({("protocol", protocol)}))] == 0
+
+    metrics.record_prediction_sets([1, 1, 2, 0, 10, 3], "rest")
+    metrics.record_prediction_sets([4], "v2_grpc")
+    metrics.record_prediction_sets([], "v2_http")
+    metrics.record_abstentions(3, "rest")
+    metrics.record_abstentions(0, "v2_http")
+    metrics.record_abstentions(2)  # rest by default
+    samples = exposition(metrics)
+
+    buckets = {
+        dict(labels)["le"]: v
+        for (name, labels), v in samples.items()
+        if name == "mcserve_prediction_set_size_bucket" and ("protocol", "rest") in labels
+    }
+    assert buckets == {
+        **{f"{k}.0": c for k, c in enumerate((1, 3, 4, 5, 5, 5, 5, 5, 5, 5, 6))},
+        "+Inf": 6,
+    }
+    assert value(samples, "mcserve_prediction_set_size_sum", protocol="rest") == 17
+    assert value(samples, "mcserve_prediction_set_size_count", protocol="rest") == 6
+    assert value(samples, "mcserve_prediction_set_size_bucket", protocol="v2_grpc", le="3.0") == 0
+    assert value(samples, "mcserve_prediction_set_size_bucket", protocol="v2_grpc", le="4.0") == 1
+    assert value(samples, "mcserve_prediction_set_size_sum", protocol="v2_grpc") == 4
+    assert value(samples, "mcserve_prediction_set_size_count", protocol="v2_http") == 0
+    assert value(samples, "mcserve_abstained_total", protocol="rest") == 5
+    assert value(samples, "mcserve_abstained_total", protocol="v2_http") == 0
+    assert value(samples, "mcserve_abstained_total", protocol="v2_grpc") == 0
+
+
+def exposition(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        for s in family.samples
+    }

@@ -80,7 +80,11 @@ def test_server_and_model_calls(v2_server: V2Server, transport: str) -> None:
     assert [(i["name"], i["datatype"], [int(d) for d in i["shape"]]) for i in meta["inputs"]] == [
         ("images", "FP32", [-1, 784])
     ]
-    assert [o["name"] for o in meta["outputs"]] == list(MC_OUTPUTS)
+    assert [o["name"] for o in meta["outputs"]] == [
+        *MC_OUTPUTS,
+        "prediction_set",
+        "abstain",
+    ]  # the artifact is calibrated
     shapes = {o["name"]: [int(d) for d in o["shape"]] for o in meta["outputs"]}
     assert shapes["mean_probabilities"] == [-1, 10] and shapes["uncertain"] == [-1]
     config = client.get_model_config(M, **as_json)
