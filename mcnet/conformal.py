@@ -18,7 +18,7 @@ set with probability at least ``c`` (marginally, over images and calibration dra
 probability) reaches a threshold chosen by selection with guaranteed risk (SGR, Geifman and El-Yaniv 2017): a
 binary search over the calibration images' confidences for the most lenient threshold whose Clopper-Pearson upper
 bound on the error rate among accepted images stays below ``max_risk``, each bound at level ``delta / k`` for the
-search's ``k = ceil(log2 n)`` steps. Then, with probability at least ``1 - delta`` over the calibration draw, the
+search's ``k = ceil(log2(n + 1))`` steps. Then, with probability at least ``1 - delta`` over the calibration draw, the
 error rate among accepted images is at most ``max_risk``. Training stores every threshold's bound, so a request
 needs ``k`` comparisons.
 
@@ -93,7 +93,7 @@ def binomial_upper_bounds(errors: np.ndarray, accepted: np.ndarray, delta: float
 
 def search_steps(n: int) -> int:
     """How many bounds the binary search of :func:`sgr_search` looks at for ``n`` calibration images."""
-    return max(1, math.ceil(math.log2(n)))
+    return max(1, n.bit_length())  # ceil(log2(n + 1)): enough halvings to tell apart the n + 1 outcomes 0..n
 
 
 def risk_table(confidence: np.ndarray, correct: np.ndarray, delta: float) -> np.ndarray:
