@@ -120,7 +120,10 @@ def load_fashion_mnist(
     if not 0 < val_size < len(train):
         raise ValueError(f"val_size must lie in (0, {len(train)}), got {val_size}")
     if not 0 <= calib_size < val_size:
-        raise ValueError(f"calib_size must lie in [0, val_size={val_size}), got {calib_size}")
+        raise ValueError(
+            f"calib_size must lie in [0, val_size={val_size}) (it is carved out of the held-out images), got "
+            f"{calib_size}: lower --calib-size or raise --val-size"
+        )
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     calib_idx, val_idx, train_idx = perm[:calib_size], perm[calib_size:val_size], perm[val_size:]
     return FashionData(

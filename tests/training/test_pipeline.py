@@ -147,7 +147,7 @@ def test_edited_manifest_is_refused(tiny_run: tuple[Path, dict[str, float]], tmp
 
 
 def test_same_seed_gives_identical_weights(tmp_path: Path, fashion_dir: Path) -> None:
-    cfg = dict(train_limit=300, eval_mc_samples=2, ood_noise_samples=10, plots=False, val_size=1000)
+    cfg = dict(train_limit=300, eval_mc_samples=2, ood_noise_samples=10, plots=False, val_size=1000, calib_size=500)
     run(tiny_config(tmp_path / "a", fashion_dir, **cfg))
     run(tiny_config(tmp_path / "b", fashion_dir, **cfg))
     run(tiny_config(tmp_path / "c", fashion_dir, seed=1, **cfg))
