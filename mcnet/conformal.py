@@ -146,10 +146,11 @@ class Conformal:
     risk: np.ndarray  # (n, 2) threshold, bound (see :func:`risk_table`)
     delta: float
     min_risk: float = 1.0  # the smallest max_risk it can guarantee (:func:`smallest_risk`; 1.0: none)
+    risk_source: str = "mc"  # the probabilities abstention is calibrated on: its verdict is about their top class
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS or self.source not in SOURCES:
-            raise ValueError(f"unknown conformal method {self.method!r} or source {self.source!r}")
+        if self.method not in METHODS or self.source not in SOURCES or self.risk_source not in SOURCES:
+            raise ValueError(f"unknown conformal method {self.method!r} or source {self.source!r}/{self.risk_source!r}")
         if not 0.0 < self.delta < 1.0 or self.mc_samples < 1:
             raise ValueError("delta must lie in (0, 1) and mc_samples be positive")
 
@@ -170,17 +171,20 @@ class Conformal:
         source: str,
         mc_samples: int,
         delta: float = 0.05,
+        risk_probs: np.ndarray | None = None,
+        risk_source: str | None = None,
     ) -> Conformal:
-        """Calibrate on ``probs`` ``(N, K)`` of images with true ``labels``."""
+        """Calibrate the sets on ``probs`` ``(N, K)`` of images with true ``labels``, and abstention on
+        ``risk_probs`` of the same images (default: ``probs``; ``risk_source`` says which they are)."""
         labels = np.asarray(labels, dtype=np.int64)
         scores = true_class_scores(probs, labels, method)
         if method.startswith("mondrian_"):
             groups = tuple(np.sort(scores[labels == k]) for k in range(np.asarray(probs).shape[1]))
         else:
             groups = (np.sort(scores),)
-        p = np.asarray(probs, dtype=np.float64)
+        p = np.asarray(probs if risk_probs is None else risk_probs, dtype=np.float64)
         risk = risk_table(p.max(1), p.argmax(1) == labels, delta)
-        return cls(method, source, mc_samples, groups, risk, delta, smallest_risk(risk))
+        return cls(method, source, mc_samples, groups, risk, delta, smallest_risk(risk), risk_source or source)
 
     def thresholds(self, coverage: float) -> np.ndarray:
         """One threshold per group for ``coverage``."""
@@ -196,7 +200,8 @@ class Conformal:
         return None if z == 0 else float(self.risk[z - 1, 0])
 
     def abstain(self, probs: np.ndarray, max_risk: float) -> np.ndarray:
-        """``(N,)`` boolean: abstain on the image (its confidence is below the threshold for ``max_risk``)."""
+        """``(N,)`` boolean: abstain on the image (its confidence is below the threshold for ``max_risk``); ``probs``
+        are the :attr:`risk_source` probabilities, and an accepted image's prediction is their top class."""
         threshold = self.risk_threshold(max_risk)
         conf = np.asarray(probs, dtype=np.float64).max(1)
         return np.ones(len(conf), dtype=bool) if threshold is None else conf < threshold
@@ -217,12 +222,14 @@ class Conformal:
             "calibration_images": int(sum(len(s) for s in self.scores)),
             "delta": self.delta,
             "min_max_risk": self.min_risk,
+            "risk_source": self.risk_source,
             "coverage_range": list(COVERAGE_RANGE),
             "rule": (
                 f"split conformal ({self.method}, {self.source} probabilities"
                 + (f", T={self.mc_samples}" if self.source == "mc" else "")
                 + ") on the calibration split with the (n + 1) correction; abstention by selection with guaranteed "
-                f"risk (Geifman and El-Yaniv 2017; Clopper-Pearson bounds, delta={self.delta:g})"
+                f"risk on the {self.risk_source} probabilities' top class (Geifman and El-Yaniv 2017; Clopper-Pearson "
+                f"bounds, delta={self.delta:g})"
             ),
         }
 
@@ -238,6 +245,7 @@ def load_conformal(directory: Path | str, manifest: Mapping[str, Any]) -> Confor
         method, source = str(section["method"]), str(section["source"])
         mc_samples, groups, delta = int(section["mc_samples"]), int(section["groups"]), float(section["delta"])
         min_risk = float(section["min_max_risk"])
+        risk_source = str(section.get("risk_source", source))
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(mpath, f"manifest conformal section is malformed ({exc!r})") from None
     if Path(name).name != name:
@@ -262,6 +270,6 @@ def load_conformal(directory: Path | str, manifest: Mapping[str, Any]) -> Confor
     if risk.ndim != 2 or risk.shape[1] != 2 or any(np.any(np.diff(s) < 0) for s in scores):
         raise ArtifactError(path, "conformal calibration tensors have the wrong shape or are not sorted")
     try:
-        return Conformal(method, source, mc_samples, scores, risk, delta, min_risk)
+        return Conformal(method, source, mc_samples, scores, risk, delta, min_risk, risk_source)
     except ValueError as exc:
         raise ArtifactError(mpath, f"manifest conformal section is invalid ({exc})") from None

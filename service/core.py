@@ -158,7 +158,9 @@ class Core:
             result = _to_cpu(result)
             answered = None
             if conformal is not None and sets is not None:
-                probs = result.mean_probs.numpy() if conformal.source == "mc" else engine.predict_scored(x)[:, :-1]
+                probs = {"mc": result.mean_probs.numpy()}
+                if "eval" in (conformal.source, conformal.risk_source):
+                    probs["eval"] = engine.predict_scored(x)[:, :-1]
                 answered = answer(conformal, sets, probs)
             outcome = MCOutcome(result, residuals, n_samples, seed, seconds, queued_s, answered)
             return _summarise(engine, outcome), seconds, encode(outcome)

@@ -73,23 +73,29 @@ def set_problem(
             f"must lie in [{conformal.min_risk:.4g}, 1) (the calibration's {sum(len(s) for s in conformal.scores)} "
             f"images cannot guarantee a lower error rate), got {request.max_risk!r}"
         )
-    if request.wanted and conformal.source == "mc" and n_samples != conformal.mc_samples:
-        return samples_name, (
-            f"prediction sets and abstention are calibrated on {conformal.mc_samples} passes; ask for "
-            f"{samples_name}={conformal.mc_samples} (or leave it out if that is the default) with {coverage_name} "
-            f"or {risk_name}"
-        )
+    for name, value, source in (
+        (coverage_name, request.coverage, conformal.source),
+        (risk_name, request.max_risk, conformal.risk_source),
+    ):
+        if value is not None and source == "mc" and n_samples != conformal.mc_samples:
+            return samples_name, (
+                f"{name} is calibrated on MC means of {conformal.mc_samples} passes; ask for "
+                f"{samples_name}={conformal.mc_samples} (or leave it out if that is the default) with {name}"
+            )
     return None
 
 
-def answer(conformal: Conformal, request: SetRequest, probs: np.ndarray) -> SetAnswer:
-    """The sets and verdicts for ``probs`` ``(B, K)`` (the calibration's source: MC means or eval-mode softmax)."""
-    p = np.asarray(probs, dtype=np.float64)
+def answer(conformal: Conformal, request: SetRequest, probs: dict[str, np.ndarray]) -> SetAnswer:
+    """The sets and verdicts from ``probs`` (``(B, K)`` by source: "mc" means, "eval"-mode softmax; only the
+    calibration's sources are needed)."""
+    p = np.asarray(probs[conformal.source], dtype=np.float64)
     sets = sizes = None
     if request.coverage is not None:
         mask = conformal.sets(p, request.coverage)
         order = np.argsort(-p, axis=1, kind="stable")
         sets = [[int(k) for k in row if member[k]] for row, member in zip(order.tolist(), mask, strict=True)]
         sizes = [len(s) for s in sets]
-    abstain = None if request.max_risk is None else conformal.abstain(p, request.max_risk).tolist()
+    abstain = None
+    if request.max_risk is not None:
+        abstain = conformal.abstain(probs[conformal.risk_source], request.max_risk).tolist()
     return SetAnswer(request, conformal.method, sets, abstain, sizes or [])

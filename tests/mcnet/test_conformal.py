@@ -323,3 +323,18 @@ def test_wrong_group_count_in_a_resigned_manifest_is_refused(tmp_path: Path, met
     expected = 10 if method == "mondrian_lac" else 1
     with pytest.raises(ArtifactError, match=f"{groups} score groups, expected {expected}"):
         mcnet.conformal.load_conformal(out, read_manifest(out))
+
+
+def test_abstention_can_be_calibrated_on_other_probabilities_and_round_trips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    sets_probs = rng.dirichlet(np.ones(10), size=300)
+    risk_probs = rng.dirichlet(np.full(10, 0.2), size=300)
+    labels = rng.integers(0, 10, 300)
+    fitted = Conformal.fit(sets_probs, labels, "lac", "eval", 7, 0.05, risk_probs=risk_probs, risk_source="mc")
+    alone = Conformal.fit(risk_probs, labels, "lac", "mc", 7, 0.05)
+    assert fitted.risk_source == "mc" and fitted.source == "eval"
+    np.testing.assert_array_equal(fitted.risk, alone.risk)  # the risk table comes from risk_probs alone
+    out = tmp_path / "model"
+    save_artifact(out, DropoutMLP(), conformal=fitted)
+    loaded = mcnet.conformal.load_conformal(out, read_manifest(out))
+    assert loaded is not None and (loaded.source, loaded.risk_source) == ("eval", "mc")

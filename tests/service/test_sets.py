@@ -185,3 +185,25 @@ def test_set_sizes_and_abstentions_reach_the_metrics(
     before = count()
     _ask(sets_client, held_out[0][:7], calibration["mc_samples"], coverage=0.9, max_risk=0.5, seed=1)
     assert count() == before + 7
+
+
+def test_abstention_judges_the_answered_class_on_the_mc_means(
+    tmp_path: Path, held_out: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Sets from eval-mode probabilities (no n_samples constraint), abstention calibrated on the MC means (it is
+    about ``class_id``, their top class): it needs the calibration's passes and uses the answered means."""
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.full(10, 0.3), size=800)
+    labels = np.array([rng.choice(10, p=p) for p in probs])
+    conformal = Conformal.fit(probs, labels, "lac", "eval", 12, 0.05, risk_probs=probs, risk_source="mc")
+    assert conformal.risk_source == "mc" and conformal.min_risk < 0.5
+    with TestClient(create_app(_make_settings(_hand_artifact(tmp_path, conformal)))) as c:
+        image = held_out[0][:4].tolist()
+        r = c.post("/predict/uncertainty", json={"images": image, "n_samples": 20, "coverage": 0.9})
+        assert r.status_code == 200, r.text
+        r = c.post("/predict/uncertainty", json={"images": image, "n_samples": 20, "max_risk": 0.5})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "n_samples", r.text
+        body = c.post("/predict/uncertainty", json={"images": image, "n_samples": 12, "max_risk": 0.5, "seed": 9})
+        predictions = body.json()["predictions"]
+        means = np.array([p["mean_probabilities"] for p in predictions])
+        assert [p["abstain"] for p in predictions] == conformal.abstain(means, 0.5).tolist()
