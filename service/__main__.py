@@ -67,6 +67,35 @@ def _grpc_port_problem(settings: Settings) -> str | None:
     return None
 
 
+def _keys_problem(settings: Settings) -> str | None:
+    """What is wrong with the keys file, found before loading anything."""
+    if settings.api_keys_file is None:
+        return None
+    from .auth import KeysFileError, load_keys
+
+    try:
+        load_keys(settings.api_keys_file)
+    except KeysFileError as exc:
+        return f"MCSERVE_API_KEYS_FILE: {exc}; fix it (see `mcserve-keys new` and `mcserve-keys check`)"
+    return None
+
+
+def _tls_problem(settings: Settings) -> str | None:
+    """Whether the TLS certificate and key load, found before binding."""
+    if settings.tls_certfile is None or settings.tls_keyfile is None:
+        return None
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(settings.tls_certfile, settings.tls_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        return (
+            f"MCSERVE_TLS_CERTFILE={settings.tls_certfile} / MCSERVE_TLS_KEYFILE={settings.tls_keyfile}: cannot be "
+            f"used ({getattr(exc, 'strerror', None) or exc}); point them at a PEM certificate chain and its key"
+        )
+    return None
+
+
 def main() -> int:
     try:
         settings = Settings()
@@ -81,9 +110,14 @@ def main() -> int:
 
     from .engine import DeviceError, Engine
 
-    problem = _grpc_port_problem(settings)
+    problem = _grpc_port_problem(settings) or _keys_problem(settings) or _tls_problem(settings)
     if problem is not None:
         return _fail(problem)
+    if settings.api_keys_file is None and not settings.loopback:
+        logging.getLogger("service").warning(
+            "listening on %s without API keys: anyone who can reach port %d may run Monte Carlo work and read "
+            "/metrics; set MCSERVE_API_KEYS_FILE (make keys with `mcserve-keys new`)", settings.host, settings.port,
+        )  # fmt: skip
     engine = Engine(settings)
     try:
         engine.load()
@@ -114,6 +148,8 @@ def main() -> int:
             log_level=settings.log_level,
             access_log=settings.access_log,
             timeout_graceful_shutdown=settings.graceful_shutdown_s,
+            ssl_certfile=None if settings.tls_certfile is None else str(settings.tls_certfile),
+            ssl_keyfile=None if settings.tls_keyfile is None else str(settings.tls_keyfile),
             **extra,
         )
 

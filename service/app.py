@@ -12,6 +12,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .auth import Authenticator
+from .authhttp import AuthLayer
 from .core import Core
 from .engine import Engine
 from .errors import install_handlers
@@ -52,7 +54,8 @@ def create_app(
     engine = engine or Engine(settings)
     shared = settings.metrics_dir if settings.workers > 1 else None  # set by ``python -m service`` for its workers
     metrics = Metrics(registry or CollectorRegistry(), multiprocess_dir=shared)
-    core = Core(engine, metrics)
+    auth = Authenticator(settings.api_keys_file)  # a bad keys file raises KeysFileError: one line, what to fix
+    core = Core(engine, metrics, auth)
     plane = DataPlane(core, VERSION)
 
     @asynccontextmanager
@@ -63,10 +66,15 @@ def create_app(
         if settings.grpc_port:
             from .v2.grpc_server import GrpcServer  # grpcio only when gRPC is on
 
+            tls = None if settings.tls_certfile is None or settings.tls_keyfile is None else (
+                settings.tls_certfile, settings.tls_keyfile
+            )  # fmt: skip
             grpc_server = GrpcServer(
-                plane, settings.host, settings.grpc_port, settings.max_body_bytes, reuse_port=settings.workers > 1
+                plane, settings.host, settings.grpc_port, settings.max_body_bytes, settings.workers > 1, tls
             )
             await grpc_server.start()
+        if auth.enabled:
+            _reload_on_sighup(auth)
         metrics.set_model(ref["name"], ref["version"], ref["sha256"], str(loaded.device))
         try:
             yield
@@ -96,11 +104,25 @@ def create_app(
     if settings.fast_path:
         inner = FastPredictPath(inner, core)
     app.front = V2Http(inner, plane)
+    if auth.enabled:  # outermost: nothing runs for a request without a valid key
+        app.front = AuthLayer(app.front, auth, metrics, settings.max_body_bytes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=[*router.routes, *app.router.routes])
     return app
+
+
+def _reload_on_sighup(auth: Authenticator) -> None:
+    """SIGHUP re-reads the keys file (``python -m service``'s loop runs in the main thread; in-process test apps run
+    elsewhere and call ``auth.reload()`` themselves)."""
+    import asyncio
+    import signal
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, auth.reload)
+    except (RuntimeError, ValueError, NotImplementedError):
+        log.debug("SIGHUP handler not installed (not in the main thread)")
 
 
 def create_worker_app() -> McServe:

@@ -30,6 +30,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from .auth import Authenticator, AuthError, current_key
 from .batching import BatchStats, MicroBatcher
 from .engine import Engine
 from .inference import MCResult
@@ -57,9 +58,10 @@ class MCOutcome:
 class Core:
     """Shared by every adapter of one application: the engine, the batcher and the metrics."""
 
-    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics, auth: Authenticator | None = None) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.auth = auth or Authenticator(None)
         self.settings = s = engine.settings
         self._decoder: ThreadPoolExecutor | None = None
         self.mc = MCScheduler(
@@ -149,6 +151,16 @@ class Core:
         answer does not depend on them. ``seed`` None draws a fresh one (echoed in the outcome). ``sets`` (checked
         with :func:`service.sets.set_problem`) asks for prediction sets and abstention. Admission control may
         refuse it with a 503 :class:`~service.admission.Overloaded` before any work. Records the metrics."""
+        key = current_key.get()
+        if key is not None:  # the caller's MC budget (n_samples x images), before any work is admitted
+            try:
+                self.auth.charge_mc(key, n_samples * len(x))
+            except AuthError as exc:
+                self.metrics.record_denied(exc.reason, protocol)
+                from .authhttp import log_denial
+
+                log_denial(exc, key.id, "predict_uncertainty", protocol)
+                raise
         seed = self.engine.fresh_seed() if seed is None else seed
         engine = self.engine
         conformal = engine.loaded.conformal if sets is not None and sets.wanted else None

@@ -36,6 +36,10 @@ class ServiceError(Exception):
         self.message = message
         self.field = field
 
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers this error's answer carries (a 503 says when to retry)."""
+        return {"Retry-After": "1"} if self.status == 503 else {}
+
 
 class InputError(ServiceError):
     """A request field that is well-formed JSON but wrong (422)."""
@@ -60,8 +64,11 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
     return {"error": {"code": code, "message": message, "field": field}}
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
-    headers = {"Retry-After": "1"} if status == 503 else None
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    if headers is None and status == 503:
+        headers = {"Retry-After": "1"}
     return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
 
 
@@ -77,7 +84,7 @@ def _field_name(loc: tuple[Any, ...] | list[Any]) -> str | None:
 
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return error_response(exc.status, exc.code, exc.message, exc.field)
+    return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers())
 
 
 def _is_json(content_type: str | None) -> bool:

@@ -40,10 +40,11 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .admission import Overloaded
+from .auth import AuthError
 from .core import SEED_LIMIT, Core
 from .decode import decode_json_request
 from .encode import predict_payload, uncertainty_payload_of
-from .errors import error_body
+from .errors import ServiceError, error_body
 from .limits import replay_body
 
 _JSON = b"application/json"
@@ -114,7 +115,7 @@ class FastPredictPath:
                 return
             try:
                 payload = None if more else await self._answer(scope["path"], body)
-            except Overloaded as exc:  # refused by admission control: answered here, at once, in the one shape
+            except (Overloaded, AuthError) as exc:  # refused by admission control or a key's MC budget: answered here
                 await _send_error(send, exc)
                 metrics.record_http(scope["path"], "POST", str(exc.status), time.perf_counter() - start, "rest")
                 return
@@ -148,7 +149,7 @@ class FastPredictPath:
         x, fields = decoded
         try:
             return await (self._predict(x) if path == _PREDICT else self._uncertainty(x, fields))
-        except Overloaded:
+        except (Overloaded, AuthError):
             raise
         except Exception:  # e.g. a failed forward pass: the application answers it (and logs and counts it)
             log.exception("fast path failed; handing the request to the application")
@@ -170,9 +171,10 @@ class FastPredictPath:
         return await core.uncertainty(x, n, seed, "rest", lambda outcome: uncertainty_payload_of(loaded, outcome))
 
 
-async def _send_error(send: Send, exc: Overloaded) -> None:
+async def _send_error(send: Send, exc: ServiceError) -> None:
     data = orjson.dumps(error_body(exc.code, exc.message, exc.field))
-    headers = [*_HEADERS, (b"content-length", str(len(data)).encode()), (b"retry-after", b"1")]
+    extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers().items()]
+    headers = [*_HEADERS, (b"content-length", str(len(data)).encode()), *extra]
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 

@@ -29,6 +29,7 @@ ENTROPY_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5)
 MI_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 SET_SIZE_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)  # classes in a conformal prediction set (10 classes at most)
 PROTOCOLS = ("rest", "v2_http", "v2_grpc")  # the ``protocol`` label's values: mcserve's own REST, v2 HTTP, v2 gRPC
+DENIAL_REASONS = ("missing", "invalid", "scope", "requests", "mc_passes")  # service.auth.AuthError.reason
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -125,6 +126,17 @@ class Metrics:
         for protocol in PROTOCOLS:  # exported from the start: the dashboard and the drift alert need a series
             self.prediction_set_size.labels(protocol)
             self.abstained.labels(protocol)
+        self.key_requests = Counter(
+            "mcserve_key_requests", "Requests let in by an API key, by key id (never the token) and protocol",
+            ["key", "protocol"], registry=registry,
+        )  # fmt: skip
+        self.denied = Counter(
+            "mcserve_auth_denied", "Requests refused by API-key checks, by reason (missing, invalid, scope, requests, "
+            "mc_passes) and protocol", ["reason", "protocol"], registry=registry,
+        )  # fmt: skip
+        for reason in DENIAL_REASONS:
+            for protocol in PROTOCOLS:
+                self.denied.labels(reason, protocol)
         self.model_info = Gauge(
             "mcserve_model_info", "Loaded model (value 1) with its identity as labels",
             ["name", "version", "sha256", "device"], registry=registry, multiprocess_mode="livemax",
@@ -232,6 +244,14 @@ class Metrics:
         """``count`` images of a request with a ``max_risk`` that the service abstained on."""
         if count:
             self.child(self.abstained, protocol).inc(count)
+
+    def record_key_request(self, key: str, protocol: str) -> None:
+        """One request let in by API key ``key`` (its id)."""
+        self.child(self.key_requests, key, protocol).inc()
+
+    def record_denied(self, reason: str, protocol: str) -> None:
+        """One request refused by the API-key checks."""
+        self.child(self.denied, reason, protocol).inc()
 
     def record_shed(self, endpoint: str, reason: str, protocol: str) -> None:
         """One request refused by admission control (``reason``: queue_full or queue_timeout)."""

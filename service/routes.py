@@ -26,6 +26,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "a field is wrong; `field` names it"},
     503: {"model": ErrorResponse, "description": "model not loaded yet"},
 }
+# With MCSERVE_API_KEYS_FILE set, every operation but health answers these (service.auth).
+_AUTH: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "no valid API key (Authorization: Bearer <token>), when keys are on"},
+    403: {"model": ErrorResponse, "description": "the API key lacks this operation's scope"},
+    429: {"model": ErrorResponse, "description": "the API key is over its rate or MC-work limit; see Retry-After"},
+}
+_ERRORS |= _AUTH
 
 
 async def get_engine(request: Request) -> Engine:  # async: FastAPI runs sync dependencies in a worker thread
@@ -146,7 +153,7 @@ def _conformal_info(section: Any) -> dict[str, Any] | None:
 
 @router.get(
     "/info",
-    responses={200: {"content": {"application/json": {"example": _INFO_EXAMPLE}}}, 503: _ERRORS[503]},
+    responses={200: {"content": {"application/json": {"example": _INFO_EXAMPLE}}}, 503: _ERRORS[503], **_AUTH},
     summary="Model identity, device, classes, headline metrics and limits",
 )
 async def info(engine: EngineDep) -> JSONResponse:
@@ -184,7 +191,7 @@ async def info(engine: EngineDep) -> JSONResponse:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": "mcserve_http_requests_total{...} 3.0"}}}},
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": "mcserve_http_requests_total{...} 3.0"}}}, **_AUTH},
     summary="Prometheus metrics of the server (all workers)",
 )
 async def prometheus_metrics(metrics: MetricsDep) -> Response:

@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated allowed CORS origins; empty keeps CORS closed"
     )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="TOML keys file (mcserve-keys new): every endpoint but health needs a key; unset: open; "
+        "re-read on SIGHUP",
+    )
+    tls_certfile: Path | None = Field(default=None, description="PEM certificate chain: HTTPS and gRPC over TLS")
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key of MCSERVE_TLS_CERTFILE")
 
     @field_validator("device")
     @classmethod
@@ -123,7 +130,14 @@ class Settings(BaseSettings):
             raise ValueError(f"default_samples ({self.default_samples}) exceeds max_samples ({self.max_samples})")
         if self.grpc_port == self.port:
             raise ValueError(f"grpc_port ({self.grpc_port}) is the HTTP port; pick another, or 0 to turn gRPC off")
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("set both MCSERVE_TLS_CERTFILE and MCSERVE_TLS_KEYFILE for TLS, or neither")
         return self
+
+    @property
+    def loopback(self) -> bool:
+        """Bound to a loopback address only (reachable from this host alone)."""
+        return self.host in ("localhost", "::1") or self.host.startswith("127.")
 
 
 def describe_error(exc: Exception) -> str:

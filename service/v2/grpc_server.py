@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -20,6 +21,8 @@ import numpy as np
 from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ..auth import AuthError, Key, current_key
+from ..authhttp import log_denial
 from ..errors import ServiceError
 from .dataplane import DataPlane
 from .stubs import METHODS, SERVICE_NAME, pb, pb_grpc
@@ -32,6 +35,8 @@ R = TypeVar("R")
 # HTTP status of a ServiceError -> gRPC status code (and back, for the metrics' ``status`` label).
 GRPC_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     405: grpc.StatusCode.UNIMPLEMENTED,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -43,6 +48,8 @@ _HTTP_OF = {
     grpc.StatusCode.OK: "200",
     grpc.StatusCode.INVALID_ARGUMENT: "400",
     grpc.StatusCode.NOT_FOUND: "404",
+    grpc.StatusCode.UNAUTHENTICATED: "401",
+    grpc.StatusCode.PERMISSION_DENIED: "403",
     grpc.StatusCode.UNIMPLEMENTED: "501",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "429",
     grpc.StatusCode.UNAVAILABLE: "503",
@@ -163,6 +170,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         self.metrics = plane.core.metrics
+        self.auth = plane.core.auth
         # grpc.aio hands the loop one call at a time, so eval calls find company only by waiting for it (measured at
         # c = 64: 1.04 calls per pass without a wait, 15 with 2 ms), and a lone call would pay its whole wait. So
         # calls run their pass at once until one arrives within QUEUED_GAP_S of the previous call's end (it was
@@ -178,10 +186,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         start = time.perf_counter()
         status = grpc.StatusCode.OK
         self.metrics.in_flight.inc()
+        token = None
         try:
+            if self.auth.enabled:  # gRPC health is its own servicer, open; every call here needs an infer key
+                token = current_key.set(self._key(method, context))
             return await work()
         except ServiceError as exc:
             status = GRPC_CODES.get(exc.status, grpc.StatusCode.INTERNAL)
+            if isinstance(exc, AuthError) and exc.status == 429:
+                context.set_trailing_metadata((("retry-after", exc.retry_after),))
             await context.abort(status, exc.message)
             raise  # abort raises; never reached
         except Exception as exc:
@@ -192,9 +205,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             await context.abort(status, "internal server error; the request was not processed")
             raise
         finally:
+            if token is not None:
+                current_key.reset(token)
             self.metrics.in_flight.dec()
             code = _HTTP_OF.get(status, "500")
             self.metrics.record_http(_ROUTES[method], "POST", code, time.perf_counter() - start, "v2_grpc")
+
+    def _key(self, method: str, context: Any) -> Key:
+        header = None
+        for name, value in context.invocation_metadata() or ():
+            if name == "authorization":
+                header = value if isinstance(value, str) else value.decode("latin-1")
+        try:
+            return self.auth.authorize(header, "infer")
+        except AuthError as exc:
+            self.metrics.record_denied(exc.reason, "v2_grpc")
+            presented = None if exc.reason in ("missing", "invalid") else self.auth.identify(header).id
+            log_denial(exc, presented, method, "v2_grpc")
+            raise
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return await self._call("ServerLive", context, _const(pb.ServerLiveResponse(live=True)))
@@ -268,8 +296,17 @@ def _const(value: Any) -> Callable[[], Awaitable[Any]]:
 class GrpcServer:
     """The gRPC server of one application: bound at startup (a clash fails startup), drained at shutdown."""
 
-    def __init__(self, plane: DataPlane, host: str, port: int, max_message_bytes: int, reuse_port: bool) -> None:
+    def __init__(
+        self,
+        plane: DataPlane,
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        reuse_port: bool,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.plane = plane
+        self.tls = tls  # (certificate chain, private key), PEM
         self.address = f"{host}:{port}"
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -284,7 +321,12 @@ class GrpcServer:
 
     async def start(self) -> None:
         try:
-            self.port = self.server.add_insecure_port(self.address)
+            if self.tls is None:
+                self.port = self.server.add_insecure_port(self.address)
+            else:
+                cert, key = (p.read_bytes() for p in self.tls)
+                credentials = grpc.ssl_server_credentials([(key, cert)])
+                self.port = self.server.add_secure_port(self.address, credentials)
         except RuntimeError as exc:
             raise RuntimeError(
                 f"cannot listen for gRPC on {self.address} ({exc}); free the port, or set MCSERVE_GRPC_PORT "
@@ -295,7 +337,8 @@ class GrpcServer:
         status = serving.SERVING if self.plane.ready else serving.NOT_SERVING
         for service in ("", SERVICE_NAME):
             await self.health.set(service, status)
-        log.info("v2 gRPC (%s, grpc.health.v1.Health) listening on %s", SERVICE_NAME, self.address)
+        tls = "TLS" if self.tls else "plaintext"
+        log.info("v2 gRPC (%s, grpc.health.v1.Health, %s) listening on %s", SERVICE_NAME, tls, self.address)
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new calls, give in-flight ones ``grace_s`` seconds, then close."""

@@ -23,6 +23,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ServiceError
+from ..limits import CLOSE, DRAIN_LIMIT_BYTES, discard_body, drain_request
 from .dataplane import DataPlane
 from .tensors import V2Error
 from .types import InferRequest, InferResponse, InputTensor, RequestedOutput
@@ -86,22 +87,24 @@ class V2Http:
             response = await self.plane.infer(request, "v2_http")
             return route, 200, *_encode(response, request, binary_out)
         except ServiceError as exc:
-            headers = [*_JSON_HEADERS]
-            if exc.status == 503:
-                headers.append((b"retry-after", b"1"))
+            headers = [*_JSON_HEADERS, *((k.lower().encode(), v.encode()) for k, v in exc.headers().items())]
             if exc.status == 405:
                 headers.append((b"allow", method.encode()))
+            if isinstance(exc, _TooLarge) and not exc.drained:
+                headers.append(CLOSE)
             return route, exc.status, orjson.dumps({"error": exc.message}), headers
 
     def _respond(self, payload: dict[str, Any], status: int = 200) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         return status, orjson.dumps(payload), [*_JSON_HEADERS]
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The body, at most ``max_body`` bytes; a longer one is 413 after the rest of it is dropped
+        (``service.limits.drain_request``), so that a client writing its whole body first reads the answer."""
         limit = self.max_body
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             too_large = f"{int(declared)} bytes is more than the limit of {limit} (MCSERVE_MAX_BODY_BYTES)"
-            raise V2Error("body", too_large, 413)
+            raise _TooLarge(too_large, await drain_request(scope, receive))
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -110,10 +113,13 @@ class V2Http:
                 raise V2Error("body", "the client disconnected before the body was complete")
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = message.get("more_body", False)
             if size > limit:
-                raise V2Error("body", f"more than the limit of {limit} bytes (MCSERVE_MAX_BODY_BYTES)", 413)
+                chunks.clear()
+                drained = not more or await discard_body(receive, max(DRAIN_LIMIT_BYTES - size, 0))
+                raise _TooLarge(f"more than the limit of {limit} bytes (MCSERVE_MAX_BODY_BYTES)", drained)
             chunks.append(chunk)
-            if not message.get("more_body", False):
+            if not more:
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         encoding = (_header(scope, b"content-encoding") or b"identity").decode("latin-1").strip().lower()
@@ -122,6 +128,14 @@ class V2Http:
         if encoding not in ("", "identity"):
             raise V2Error("Content-Encoding", f"{encoding!r} is not supported; send gzip, deflate or identity")
         return body
+
+
+class _TooLarge(V2Error):
+    """413 for a body over the limit; ``drained``: the rest of it was read, so the connection can stay open."""
+
+    def __init__(self, message: str, drained: bool) -> None:
+        super().__init__("body", message, 413)
+        self.drained = drained
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:

@@ -97,6 +97,29 @@ def _grpc_port_taken(d: Path) -> dict[str, str]:
 
 
 _HELD: list[socket.socket] = []
+_DIGEST = "0" * 64
+
+
+def _keys(text: str) -> Breaker:
+    def breaker(d: Path) -> dict[str, str]:
+        path = d.parent / "keys.toml"
+        path.write_text(text)
+        return {"MCSERVE_API_KEYS_FILE": str(path)}
+
+    return breaker
+
+
+def _half_tls(d: Path) -> dict[str, str]:
+    return {"MCSERVE_TLS_CERTFILE": str(d / "manifest.json")}
+
+
+def _tls_not_pem(d: Path) -> dict[str, str]:
+    return {"MCSERVE_TLS_CERTFILE": str(d / "manifest.json"), "MCSERVE_TLS_KEYFILE": str(d / "manifest.json")}
+
+
+def _keys_missing(d: Path) -> dict[str, str]:
+    return {"MCSERVE_API_KEYS_FILE": str(d.parent / "no-such-keys.toml")}
+
 
 CASES: list[tuple[str, Breaker, str]] = [
     ("missing weights", _missing_weights, "weights file is missing"),
@@ -110,6 +133,24 @@ CASES: list[tuple[str, Breaker, str]] = [
     ("MCSERVE_DEVICE=cuda without a GPU", _cuda_without_gpu, "CUDA device"),
     ("bad setting", _bad_setting, "MCSERVE_MAX_BATCH"),
     ("gRPC port already in use", _grpc_port_taken, "MCSERVE_GRPC_PORT"),
+    ("keys file not TOML", _keys("[[keys]\nid = 1"), "not valid TOML"),
+    (
+        "keys file unknown scope",
+        _keys(f'[[keys]]\nid="a"\nsha256="{_DIGEST}"\nscopes=["root"]'),
+        "unknown scope 'root'",
+    ),
+    (
+        "keys file duplicate id",
+        _keys(
+            f'[[keys]]\nid="a"\nsha256="{_DIGEST}"\nscopes=["infer"]\n[[keys]]\nid="a"\nsha256="{"1" * 64}"\n'
+            'scopes=["infer"]'
+        ),
+        "duplicate id",
+    ),
+    ("keys file bad digest", _keys('[[keys]]\nid="a"\nsha256="xyz"\nscopes=["infer"]'), "64 hex digits"),
+    ("keys file missing", _keys_missing, "MCSERVE_API_KEYS_FILE"),
+    ("TLS certificate without key", _half_tls, "MCSERVE_TLS_KEYFILE"),
+    ("TLS files not PEM", _tls_not_pem, "MCSERVE_TLS_CERTFILE"),
 ]
 
 
