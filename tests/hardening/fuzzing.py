@@ -54,9 +54,9 @@ class Outcome:
         self.failures.extend(other.failures)
 
 
-def operations(url: str) -> dict[str, Any]:
-    """Every operation of the service's live OpenAPI document, by label."""
-    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+def operations(url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every operation of the service's live OpenAPI document, by label (fetched with ``headers``)."""
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers=headers or {})
     ops = [cast(Any, result).ok() for result in schema.get_all_operations()]  # an invalid operation raises
     return {op.label: op for op in ops}
 
@@ -65,9 +65,11 @@ def takes_input(op: Any) -> bool:
     return bool(op.body or op.query or op.path_parameters or op.headers)
 
 
-def run_slice(url: str, part: Slice) -> Outcome:
+def run_slice(
+    url: str, part: Slice, headers: dict[str, str] | None = None, schema_headers: dict[str, str] | None = None
+) -> Outcome:
     """Generate ``part.examples`` requests for one operation and check every response."""
-    op = operations(url)[part.label]
+    op = operations(url, schema_headers)[part.label]
     mode = GenerationMode(part.mode)
     out = Outcome()
 
@@ -81,7 +83,7 @@ def run_slice(url: str, part: Slice) -> Outcome:
         suppress_health_check=list(HealthCheck),
     )
     def check(case: Any) -> None:
-        response = case.call(base_url=url, timeout=30)
+        response = case.call(base_url=url, timeout=30, headers=headers)
         out.cases[(part.label, part.mode)] += 1
         out.statuses[response.status_code] += 1
         failure = f"{part.label} [{part.mode}, seed {part.seed}] -> {response.status_code}: "
@@ -97,10 +99,20 @@ def run_slice(url: str, part: Slice) -> Outcome:
     return out
 
 
-def fuzz(url: str, budget: dict[str, int], slices_per_mode: int = 4, workers: int = 2) -> Outcome:
-    """Every operation: ``budget[mode]`` cases per mode for operations with inputs, 1 for those without."""
+def fuzz(
+    url: str,
+    budget: dict[str, int],
+    slices_per_mode: int = 4,
+    workers: int = 2,
+    headers: dict[str, str] | None = None,
+    schema_headers: dict[str, str] | None = None,
+) -> Outcome:
+    """Every operation: ``budget[mode]`` cases per mode for operations with inputs, 1 for those without; every
+    request carries ``headers`` (e.g. an API key); the schema is fetched with ``schema_headers`` (default:
+    ``headers``)."""
+    schema_headers = headers if schema_headers is None else schema_headers
     parts: list[Slice] = []
-    for label, op in sorted(operations(url).items()):
+    for label, op in sorted(operations(url, schema_headers).items()):
         if not takes_input(op):
             parts.append(Slice(label, "positive", 1, 0))  # an operation without inputs has one possible request
             continue
@@ -110,6 +122,7 @@ def fuzz(url: str, budget: dict[str, int], slices_per_mode: int = 4, workers: in
                 parts.append(Slice(label, mode, share, k))
     out = Outcome()
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        for result in pool.map(run_slice, [url] * len(parts), parts):
+        n = len(parts)
+        for result in pool.map(run_slice, [url] * n, parts, [headers] * n, [schema_headers] * n):
             out.merge(result)
     return out
