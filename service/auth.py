@@ -102,8 +102,8 @@ def _limit(entry: dict[str, Any], name: str, where: str) -> float | None:
     value = entry.get(name)
     if value is None:
         return None
-    if type(value) not in (int, float) or not value > 0:
-        raise KeysFileError(f"{where}: {name} must be a positive number, got {value!r}")
+    if type(value) not in (int, float) or not value >= 1:  # below 1 the burst could never hold one request
+        raise KeysFileError(f"{where}: {name} must be a number of at least 1, got {value!r}")
     return float(value)
 
 

