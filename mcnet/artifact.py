@@ -232,6 +232,23 @@ def load_artifact(directory: Path | str, device: str | torch.device = "cpu") -> 
     return model.to(device), manifest
 
 
+def verified_file(directory: Path | str, name: str, expected_sha256: str, what: str) -> Path:
+    """The path of an artifact's extra file ``name`` (input check, conformal calibration) after checking it is a plain
+    file name in ``directory``, exists and has the manifest's sha256; :class:`ArtifactError` otherwise."""
+    if Path(name).name != name:
+        raise ArtifactError(
+            Path(directory) / MANIFEST_FILE, f"{what} file must be a plain file name inside the artifact directory"
+        )
+    path = Path(directory) / name
+    if not path.is_file():
+        raise ArtifactError(path, f"{what} file is missing")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        problem = f"sha256 mismatch (manifest {expected_sha256[:12]}, file {actual[:12]}): corrupted or tampered"
+        raise ArtifactError(path, problem)
+    return path
+
+
 def _utc_now() -> str:
     from datetime import UTC, datetime
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from mcnet.artifact import ArtifactError, sha256_file
+from mcnet.artifact import ArtifactError, sha256_file, verified_file
 
 FILE = "conformal.safetensors"
 METHODS = ("lac", "aps", "mondrian_lac")
@@ -248,16 +248,7 @@ def load_conformal(directory: Path | str, manifest: Mapping[str, Any]) -> Confor
         risk_source = str(section.get("risk_source", source))
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(mpath, f"manifest conformal section is malformed ({exc!r})") from None
-    if Path(name).name != name:
-        raise ArtifactError(mpath, "conformal file must be a plain file name inside the artifact directory")
-    path = Path(directory) / name
-    if not path.is_file():
-        raise ArtifactError(path, "conformal calibration file is missing")
-    actual = sha256_file(path)
-    if actual != expected:
-        raise ArtifactError(
-            path, f"sha256 mismatch (manifest {expected[:12]}, file {actual[:12]}): corrupted or tampered"
-        )
+    path = verified_file(directory, name, expected, "conformal calibration")
     try:
         tensors = load_file(str(path))
         scores = tuple(tensors[f"scores_{i}"].astype(np.float64) for i in range(groups))

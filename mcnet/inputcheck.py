@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mcnet import PIXEL_MAX, ArtifactError, sha256_file
+from mcnet.artifact import verified_file
 
 FILE = "input_check.safetensors"
 METHOD = "pca_residual"
@@ -112,17 +113,9 @@ def load_input_check(directory: Path | str, manifest: Mapping[str, Any]) -> Inpu
         raise ArtifactError(mpath, f"manifest input_check section is malformed ({exc!r})") from None
     if method != METHOD:
         raise ArtifactError(mpath, f"input_check method {method!r} is not supported (this build reads {METHOD!r})")
-    if Path(name).name != name:
-        raise ArtifactError(mpath, "input_check file must be a plain file name inside the artifact directory")
     if not threshold >= 0.0:
         raise ArtifactError(mpath, "input_check threshold must be a non-negative number")
-    path = Path(directory) / name
-    if not path.is_file():
-        raise ArtifactError(path, "input check file is missing")
-    actual = sha256_file(path)
-    if actual != expected:
-        problem = f"sha256 mismatch (manifest {expected[:12]}, file {actual[:12]}): corrupted or tampered"
-        raise ArtifactError(path, problem)
+    path = verified_file(directory, name, expected, "input check")
     try:
         tensors = load_file(str(path))
         mean, components = tensors["mean"].float(), tensors["components"].float()
