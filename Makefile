@@ -4,7 +4,7 @@ PY          := $(VENV)/bin/python
 MODEL_DIR   ?= models/current
 TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-fast test-load lint train serve run bench compose-smoke clean
+.PHONY: install test test-fast test-load lint train serve run bench compose-smoke scale-smoke clean
 
 STUBS       := service/v2/protos/inference_pb2_grpc.py
 
@@ -58,6 +58,11 @@ bench: install
 # (host-network test override), real Prometheus; see docs/deploy.md. Needs root (starts dockerd).
 compose-smoke:
 	bash scripts/compose_smoke.sh
+
+# Three replicas behind HAProxy, Prometheus + Alertmanager, wrk load: spread, kill -9, rolling update (real
+# Debian packages, no containers); see docs/scaling.md. About 2-3 min on 2 cores. Installs packages: root or sudo.
+scale-smoke: install
+	bash scripts/scale_smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

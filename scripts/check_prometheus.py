@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 # Grafana macros -> what Grafana would put there for a short, recent time range (5 s scrapes).
-MACROS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
+# Dashboard variables -> their "All" value (the instance variable's allValue: every replica).
+MACROS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m", "$instance": ".*"}
 
 
 def dashboard_exprs(node: Any) -> Iterator[tuple[str, str]]:

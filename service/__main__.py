@@ -101,9 +101,9 @@ def main() -> int:
         settings = Settings()
     except ValidationError as exc:
         return _fail(describe_error(exc))
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    from .requestid import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)  # text or json; every line carries the request id
     if settings.torch_threads > 0:  # numpy's OpenBLAS reads this once, when numpy is first imported (just below)
         os.environ["OPENBLAS_NUM_THREADS"] = str(settings.torch_threads)
     from mcnet import ArtifactError
@@ -146,6 +146,7 @@ def main() -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            log_config=None,  # uvicorn's records (startup, access log) go through configure_logging's handler
             access_log=settings.access_log,
             timeout_graceful_shutdown=settings.graceful_shutdown_s,
             ssl_certfile=None if settings.tls_certfile is None else str(settings.tls_certfile),

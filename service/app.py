@@ -20,6 +20,7 @@ from .errors import install_handlers
 from .fastpath import FastPredictPath
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
+from .requestid import RequestIdLayer
 from .routes import router
 from .settings import Settings
 from .v2.dataplane import DataPlane
@@ -106,6 +107,7 @@ def create_app(
     app.front = V2Http(inner, plane)
     if auth.enabled:  # outermost: nothing runs for a request without a valid key
         app.front = AuthLayer(app.front, auth, metrics, settings.max_body_bytes)
+    app.front = RequestIdLayer(app.front)  # outermost of all: every answer, refusals and errors too, echoes the id
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])

@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         default=0, ge=0, description="intra-op threads of torch and numpy's BLAS, per worker; 0 keeps their defaults"
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info", description="log level")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: one line per record; json: one JSON object per line (time, level, logger, message, "
+        "request_id) for log pipelines",
+    )
     access_log: bool = Field(default=False, description="uvicorn's per-request access log (independent of log_level)")
     graceful_shutdown_s: int = Field(
         default=8, ge=1, description="on SIGTERM, seconds in-flight requests get to finish (below Docker's 10 s)"
@@ -112,7 +117,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not one of auto, cpu, cuda, cuda:N")
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower_level(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value

@@ -6,11 +6,16 @@
 Every panel queries the provisioned datasource (uid ``mcserve-prometheus``). The only
 Grafana macro used in queries is ``$__rate_interval``; the compose smoke test substitutes
 it and runs every query against a live Prometheus that scraped the live service.
+
+With several replicas, the ``instance`` variable (multi-value, All by default) filters every query to the chosen
+replicas (``instance=~"$instance"`` on each selector), and the "Requests per instance" panel shows how the load
+spreads; the scale smoke test (scripts/scale_smoke.sh) checks that the totals equal the sums over instances.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,11 +26,25 @@ RATE = "$__rate_interval"
 # inference routes of every protocol: REST, v2 HTTP (/v2/models/{model_name}[/versions/..]/infer), v2 gRPC ModelInfer
 PREDICT_ROUTES = 'route=~"/predict.*|.*/infer|.*/ModelInfer"'
 
+INSTANCE = 'instance=~"$instance"'
+# a series selector: a metric name (mcserve_*, or up) and its optional {matchers}
+_SELECTOR = re.compile(r"\b(mcserve_[a-z_]+|up)(\{[^}]*\})?")
+
 Panel = dict[str, Any]
 
 
+def per_instance(expr: str) -> str:
+    """``expr`` with ``instance=~"$instance"`` added to every series selector."""
+
+    def scoped(match: re.Match[str]) -> str:
+        inner = (match.group(2) or "{}")[1:-1]
+        return f"{match.group(1)}{{{INSTANCE}{', ' + inner if inner else ''}}}"
+
+    return _SELECTOR.sub(scoped, expr)
+
+
 def target(expr: str, legend: str, ref: str, fmt: str = "time_series") -> dict[str, Any]:
-    return {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "refId": ref, "format": fmt}
+    return {"datasource": DATASOURCE, "expr": per_instance(expr), "legendFormat": legend, "refId": ref, "format": fmt}
 
 
 def quantiles(metric: str, by: str, selector: str = "") -> list[dict[str, Any]]:
@@ -97,9 +116,12 @@ def panels() -> list[Panel]:
         panel(
             "API up / model ready",
             "stat",
-            [target('up{job="mcserve-api"}', "up {{instance}}", "A"), target("mcserve_model_ready", "ready", "B")],
+            [
+                target('up{job="mcserve-api"}', "up {{instance}}", "A"),
+                target("mcserve_model_ready", "ready {{instance}}", "B"),
+            ],
             "none",
-            "Scrape health of the api target and whether its model is loaded.",
+            "Scrape health of each api target and whether its model is loaded.",
         ),
         panel(
             "Requests in flight",
@@ -107,6 +129,14 @@ def panels() -> list[Panel]:
             [target("sum(mcserve_http_requests_in_flight)", "in flight", "A")],
             "short",
             "HTTP requests being served right now.",
+        ),
+        panel(
+            "Requests per instance",
+            "timeseries",
+            [target(f"sum by (instance) ({rate_all})", "{{instance}}", "A")],
+            "reqps",
+            "HTTP requests per second served by each replica (Prometheus target): with a load balancer in front, "
+            "each should carry about its share; a replica at 0 is out of rotation or down.",
         ),
         panel(
             "Request rate by route",
@@ -259,6 +289,25 @@ def layout(items: list[Panel]) -> list[Panel]:
     return items
 
 
+def instance_variable() -> dict[str, Any]:
+    """The replicas to show: every ``instance`` that exports ``mcserve_model_ready``; several may be chosen."""
+    query = "label_values(mcserve_model_ready, instance)"
+    return {
+        "name": "instance",
+        "label": "Instance",
+        "type": "query",
+        "datasource": DATASOURCE,
+        "definition": query,
+        "query": {"query": query, "refId": "instance"},
+        "refresh": 2,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+    }
+
+
 def dashboard() -> dict[str, Any]:
     return {
         "uid": "mcserve",
@@ -271,7 +320,7 @@ def dashboard() -> dict[str, Any]:
         "schemaVersion": 39,
         "version": 1,
         "time": {"from": "now-1h", "to": "now"},
-        "templating": {"list": []},
+        "templating": {"list": [instance_variable()]},
         "annotations": {"list": []},
         "panels": layout(panels()),
     }

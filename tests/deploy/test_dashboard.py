@@ -115,4 +115,19 @@ def test_query_extraction_finds_every_target(
     checker = load_module("scripts/check_prometheus.py")
     found = [expr for _, expr in checker.dashboard_exprs(dashboard)]
     assert found == [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    assert all("$__" not in checker.expand(expr) for expr in found)
+    assert all("$" not in checker.expand(expr) for expr in found)  # every macro and variable substituted
+
+
+def test_every_query_follows_the_instance_variable(dashboard: dict[str, Any]) -> None:
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "instance"]
+    assert variable["query"]["query"] == "label_values(mcserve_model_ready, instance)"
+    assert variable["multi"] and variable["includeAll"] and variable["allValue"] == ".*"
+    selector = re.compile(r"\b(?:mcserve_[a-z_]+|up)\b(\{[^}]*\})?")
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for match in selector.finditer(target["expr"]):
+                assert 'instance=~"$instance"' in (match.group(1) or ""), (panel["title"], target["expr"])
+    (per_instance,) = [p for p in dashboard["panels"] if p["title"] == "Requests per instance"]
+    assert per_instance["targets"][0]["expr"] == (
+        'sum by (instance) (rate(mcserve_http_requests_total{instance=~"$instance"}[$__rate_interval]))'
+    )

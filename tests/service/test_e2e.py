@@ -266,6 +266,6 @@ def test_access_log_is_a_setting_independent_of_the_log_level(artifact_dir: Path
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
-        logs = out.decode() + err.decode()  # uvicorn writes access lines to stdout, the rest to stderr
+        logs = out.decode() + err.decode()  # every record, access lines included, goes to stderr
         assert proc.returncode == 0 and "Uvicorn running" in logs, logs
         assert ('"GET /livez HTTP/1.1" 200' in logs) is access, logs
