@@ -30,6 +30,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from .admission import Reservation
 from .auth import Authenticator, AuthError, current_key
 from .batching import BatchStats, MicroBatcher
 from .engine import Engine
@@ -74,6 +75,7 @@ class Core:
             wait_s=s.mc_batch_wait_ms / 1000.0,
             max_queued_work=s.max_queued_work,
             queue_timeout_s=s.queue_timeout_s,
+            max_waiting=s.max_waiting_requests,
         )
         self.batcher = MicroBatcher(
             engine.predict_scored,
@@ -144,13 +146,16 @@ class Core:
         protocol: str,
         encode: Callable[[MCOutcome], T],
         sets: SetRequest | None = None,
+        reservation: Reservation | None = None,
     ) -> T:
         """MC dropout over pixels ``(B, 28, 28)`` (limits already checked), ``encode``-d in the worker thread.
 
         The request shares kernel calls with whatever other MC requests are running (``service.mcbatch``); its
         answer does not depend on them. ``seed`` None draws a fresh one (echoed in the outcome). ``sets`` (checked
         with :func:`service.sets.set_problem`) asks for prediction sets and abstention. Admission control may
-        refuse it with a 503 :class:`~service.admission.Overloaded` before any work. Records the metrics."""
+        refuse it with a 503 :class:`~service.admission.Overloaded` before any work; ``reservation`` is the room
+        ``self.mc.reserve`` held for it while its body was read (the caller releases it if this raises). Records
+        the metrics."""
         key = current_key.get()
         if key is not None:  # the caller's MC budget (n_samples x images), before any work is admitted
             try:
@@ -177,7 +182,7 @@ class Core:
             outcome = MCOutcome(result, residuals, n_samples, seed, seconds, queued_s, answered)
             return _summarise(engine, outcome), seconds, encode(outcome)
 
-        summary, seconds, encoded = await self.mc.submit(x, n_samples, seed, protocol, finish)
+        summary, seconds, encoded = await self.mc.submit(x, n_samples, seed, protocol, finish, reservation)
         self.metrics.record_uncertainty(summary, seconds, protocol)
         if summary.set_sizes:
             self.metrics.record_prediction_sets(summary.set_sizes, protocol)

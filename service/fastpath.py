@@ -31,6 +31,7 @@ when CORS is configured.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -39,7 +40,7 @@ import numpy as np
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .admission import Overloaded
+from .admission import Overloaded, Reservation
 from .auth import AuthError
 from .core import SEED_LIMIT, Core
 from .decode import decode_json_request
@@ -50,7 +51,7 @@ from .limits import replay_body
 _JSON = b"application/json"
 # Bodies up to this (about 20 images as JSON) are decoded on the event loop; bigger ones (up to
 # MCSERVE_MAX_BODY_BYTES) in the core's decode thread: a 256-image body would hold the loop for several
-# milliseconds. An MC body that big is refused unparsed while the MC queue has no room for MCSERVE_MAX_WORK.
+# milliseconds. An MC body that big first waits, unread, for room in the MC queue (service.admission).
 FAST_PATH_MAX_BODY_BYTES = 64 * 1024
 _HEADERS = [(b"content-type", b"application/json")]
 _PREDICT, _UNCERTAINTY = "/predict", "/predict/uncertainty"
@@ -102,25 +103,29 @@ class FastPredictPath:
             return
         start = time.perf_counter()
         metrics = self.metrics
-        big_mc = length > FAST_PATH_MAX_BODY_BYTES and scope["path"] == _UNCERTAINTY
-        if big_mc and self.core.mc.would_refuse(self.settings.max_work):  # refused before its body is even read
-            exc = self.core.mc.refuse_full("rest")
-            await _send_error(send, exc)
-            metrics.record_http(scope["path"], "POST", str(exc.status), time.perf_counter() - start, "rest")
-            return
+        reservation = None
+        if length > FAST_PATH_MAX_BODY_BYTES and scope["path"] == _UNCERTAINTY:  # room first, then the body
+            try:
+                reservation = await self.core.mc.reserve(self.settings.max_work, "rest")
+            except Overloaded as exc:  # the line is full, or no room came in time: the body is never read
+                await _send_error(send, exc)
+                metrics.record_http(scope["path"], "POST", str(exc.status), time.perf_counter() - start, "rest")
+                return
         metrics.in_flight.inc()
         try:
             body, more = await _read_body(receive, self.max_body)
             if body is None:  # the client disconnected mid-body: nobody to answer
                 return
             try:
-                payload = None if more else await self._answer(scope["path"], body)
+                payload = None if more else await self._answer(scope["path"], body, reservation)
             except (Overloaded, AuthError) as exc:  # refused by admission control or a key's MC budget: answered here
                 await _send_error(send, exc)
                 metrics.record_http(scope["path"], "POST", str(exc.status), time.perf_counter() - start, "rest")
                 return
         finally:
             metrics.in_flight.dec()
+            if reservation is not None:  # unused (a bad body, a refusal): the room goes to the next in line
+                self.core.mc.release(reservation)
         if payload is None:  # anything this layer does not answer gets the full application, body replayed
             await self.app(scope, replay_body(body, receive, more), send)
             return
@@ -135,20 +140,18 @@ class FastPredictPath:
         await send({"type": "http.response.body", "body": data})
         metrics.record_http(scope["path"], "POST", "200", time.perf_counter() - start, "rest")
 
-    async def _answer(self, path: str, body: bytes) -> dict[str, Any] | None:
+    async def _answer(self, path: str, body: bytes, reservation: Reservation | None) -> dict[str, Any] | None:
         """The payload for a request this layer serves, or None to hand it to the application."""
         keys = _MC_KEYS if path == _UNCERTAINTY else _PREDICT_KEYS
         if len(body) <= FAST_PATH_MAX_BODY_BYTES:
             decoded = decode_json_request(body, keys, self.max_batch)
-        elif path == _UNCERTAINTY and self.core.mc.would_refuse(self.settings.max_work):  # refused unparsed
-            raise self.core.mc.refuse_full("rest")
         else:
             decoded = await self.core.off_loop(decode_json_request, body, keys, self.max_batch)
         if decoded is None:
             return None
         x, fields = decoded
         try:
-            return await (self._predict(x) if path == _PREDICT else self._uncertainty(x, fields))
+            return await (self._predict(x) if path == _PREDICT else self._uncertainty(x, fields, reservation))
         except (Overloaded, AuthError):
             raise
         except Exception:  # e.g. a failed forward pass: the application answers it (and logs and counts it)
@@ -159,7 +162,9 @@ class FastPredictPath:
         rows = await self.core.predict(x, "rest")
         return predict_payload(self.engine.loaded, rows.tolist())
 
-    async def _uncertainty(self, x: np.ndarray, fields: dict[str, int]) -> dict[str, Any] | None:
+    async def _uncertainty(
+        self, x: np.ndarray, fields: dict[str, int], reservation: Reservation | None
+    ) -> dict[str, Any] | None:
         """The route's ``predict_uncertainty`` for a request with nothing to reject; None otherwise."""
         core = self.core
         n, seed = fields.get("n_samples", self.settings.default_samples), fields.get("seed")
@@ -168,7 +173,8 @@ class FastPredictPath:
         if seed is not None and not 0 <= seed < SEED_LIMIT:
             return None
         loaded = self.engine.loaded
-        return await core.uncertainty(x, n, seed, "rest", lambda outcome: uncertainty_payload_of(loaded, outcome))
+        encode = functools.partial(uncertainty_payload_of, loaded)
+        return await core.uncertainty(x, n, seed, "rest", encode, reservation=reservation)
 
 
 async def _send_error(send: Send, exc: ServiceError) -> None:

@@ -13,9 +13,10 @@ to ``MCSERVE_MAX_CONCURRENCY`` worker threads:
   ``MCSERVE_MC_BATCH_WAIT_MS`` > 0 an idle scheduler waits that long for company first.
 * **bit-identical in any company**: tiles compute the same numbers whoever shares their call, so
   batching changes when an answer comes, never what it is. ``MCSERVE_MC_BATCH=false`` runs one job per call.
-* **admission control**: a job whose work (passes x images) would take the admitted, not yet computed
-  work past ``MCSERVE_MAX_QUEUED_WORK`` is refused at once; one that has not started within
-  ``MCSERVE_QUEUE_TIMEOUT_S`` is refused then. Both are a 503 :class:`~service.admission.Overloaded`.
+* **admission control** (``service.admission``): a job whose work (passes x images) would take the admitted,
+  not yet computed work past ``MCSERVE_MAX_QUEUED_WORK`` is refused at once; one that has not started within
+  ``MCSERVE_QUEUE_TIMEOUT_S`` of its arrival is refused then; a big body waits unread for room. All are a 503
+  :class:`~service.admission.Overloaded`.
 
 On CUDA the torch kernel runs each job whole in one call (one job per call): the tiled kernel is numpy.
 Nothing here knows about HTTP or gRPC.
@@ -36,7 +37,7 @@ import torch
 
 from mcnet import DropoutMLP
 
-from .admission import Overloaded
+from .admission import Admission, Reservation
 from .inference import MCResult, mc_predict_torch
 from .mckernel import PASS_BLOCK, Prepared, Tile, blocks_for, prepare, run_tiles
 from .mcrequest import Accumulator
@@ -93,6 +94,7 @@ class MCScheduler:
         wait_s: float,
         max_queued_work: int,
         queue_timeout_s: float,
+        max_waiting: int = 128,
     ) -> None:
         self._model = model
         self._device = device
@@ -101,9 +103,9 @@ class MCScheduler:
         self.max_calls = max_calls
         self.share = share
         self.wait_s = wait_s
-        self.max_queued_work = max_queued_work
-        self.queue_timeout_s = queue_timeout_s
-        self.queued_work = 0  # admitted passes x images not yet dispatched to a call
+        self.admission = Admission(
+            metrics, max_queued_work=max_queued_work, queue_timeout_s=queue_timeout_s, max_waiting=max_waiting
+        )
         self._jobs: list[_Job] = []  # admitted, not finished; least recently served first
         self._running = 0
         self._pending: asyncio.Handle | asyncio.TimerHandle | None = None
@@ -114,19 +116,31 @@ class MCScheduler:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    async def submit(self, x: np.ndarray, n_samples: int, seed: int, protocol: str, finish: Finish) -> Any:
+    @property
+    def queued_work(self) -> int:
+        """Admitted passes x images not yet dispatched to a kernel call."""
+        return self.admission.queued_work
+
+    async def submit(
+        self,
+        x: np.ndarray,
+        n_samples: int,
+        seed: int,
+        protocol: str,
+        finish: Finish,
+        reservation: Reservation | None = None,
+    ) -> Any:
         """``finish(result, compute_s, queued_s)`` of MC dropout over pixels ``x`` ``(B, 28, 28)``, once computed;
-        raises :class:`Overloaded` when admission control refuses the request."""
+        raises :class:`Overloaded` when admission control refuses the request. ``reservation``: the room
+        :meth:`reserve` held for it before its body was read (its deadline counts from then)."""
         work = n_samples * len(x)
-        if self.would_refuse(work):
-            raise self.refuse_full(protocol)
+        deadline = self.admission.admit(work, protocol, reservation)
         loop = asyncio.get_running_loop()
         whole = self._device().type != "cpu"
         tiles = 1 if whole else len(x) * blocks_for(n_samples)
         job = _Job(x, n_samples, seed, protocol, finish, loop.create_future(), time.perf_counter(), tiles, work, whole)
-        job.timer = loop.call_later(self.queue_timeout_s, self._expire, job)
+        job.timer = loop.call_at(deadline, self._expire, job)
         self._jobs.append(job)
-        self._set_queued(work)
         self._schedule(loop)
         try:
             return await job.future
@@ -146,36 +160,24 @@ class MCScheduler:
             self._set_queued(-job.work)
             job.work = 0
 
-    def would_refuse(self, work: int) -> bool:
-        """Whether a request of ``work`` (passes x images) would be refused now as the queue is full. Adapters ask
-        it with the largest work a request may have before they parse a big body, so a flood of max-work requests
-        is refused without the parsing costs."""
-        return bool(self.queued_work) and self.queued_work + work > self.max_queued_work
+    async def reserve(self, work: int, protocol: str) -> Reservation:
+        """Room for a request of at most ``work`` whose body is not read yet (``Admission.reserve``): adapters call it
+        before they read a big MC body, so that while the queue is full such bodies wait in the socket, unread."""
+        return await self.admission.reserve(work, protocol)
 
-    def refuse_full(self, protocol: str) -> Overloaded:
-        """The 503 for a request refused because the queue is full (counted as shed)."""
-        self.metrics.record_shed("predict_uncertainty", "queue_full", protocol)
-        return Overloaded(
-            f"the Monte Carlo queue is full ({self.queued_work} passes x images waiting, the limit is "
-            f"{self.max_queued_work}, MCSERVE_MAX_QUEUED_WORK); retry later"
-        )
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation its request will not use (idempotent)."""
+        self.admission.release(reservation)
 
     def _set_queued(self, delta: int) -> None:
-        self.queued_work += delta
-        self.metrics.mc_queued_work.set(self.queued_work)
+        self.admission.add(delta)
 
     def _expire(self, job: _Job) -> None:
         job.timer = None
         if job.started is not None or job.future.done():
             return
         self._drop(job)
-        self.metrics.record_shed("predict_uncertainty", "queue_timeout", job.protocol)
-        job.future.set_exception(
-            Overloaded(
-                f"no Monte Carlo kernel call could start this request within {self.queue_timeout_s:g} s "
-                "(MCSERVE_QUEUE_TIMEOUT_S); the server is overloaded, retry later"
-            )
-        )
+        job.future.set_exception(self.admission.refuse_late(job.protocol))
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         """Dispatch soon: on the loop's next iteration (requests arriving in this one join), or after the wait."""

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         description="admission control: most MC work (passes x images) admitted and not yet computed; more is refused "
         "at once with 503 overloaded",
     )  # fmt: skip
+    max_waiting_requests: int = Field(
+        default=128, ge=0,
+        description="admission control: most big MC requests (bodies over 64 KiB) waiting, bodies unread, for room in "
+        "the queue until MCSERVE_QUEUE_TIMEOUT_S; more are refused at once with 503 overloaded",
+    )  # fmt: skip
     queue_timeout_s: float = Field(
         default=2.0, gt=0.0, le=300.0,
         description="admission control: an MC request that no kernel call started within this is refused with 503 "

@@ -1,5 +1,6 @@
-"""Admission control for MC work: under a flood of max-work requests the service refuses fast (503 overloaded with
-Retry-After) instead of queueing without bound; `/predict` and validation errors never wait for MC work."""
+"""Admission control for MC work: under a flood of max-work requests the service refuses (503 overloaded with
+Retry-After) within the queue deadline instead of queueing without bound; big bodies wait for room unread, in line
+and up to the deadline; `/predict` and validation errors never wait for MC work."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
 from service import Settings, create_app
+from service.admission import Admission, Overloaded, Reservation
 from service.engine import Engine
+from service.metrics import Metrics
 
 
 def test_a_flood_of_heavy_mc_requests_is_shed_fast_and_light_requests_do_not_wait(
@@ -55,8 +59,9 @@ def test_a_flood_of_heavy_mc_requests_is_shed_fast_and_light_requests_do_not_wai
             error = response.json()["error"]
             assert error["code"] == "overloaded" and "MCSERVE_" in error["message"], error
             assert seconds < 30
-    full = [r for r, _ in flood if "MAX_QUEUED_WORK" in r.text]
-    assert full and all(s < 5 for r, s in flood if "MAX_QUEUED_WORK" in r.text)  # refused on arrival
+    # 64-image bodies are big: each waited, unread, for room, and those that got none in 0.5 s were refused then
+    late = [s for r, s in flood if "MCSERVE_QUEUE_TIMEOUT_S" in r.text]
+    assert len(late) == statuses.count(503) and all(0.4 < s < 5 for s in late), late
     assert predicted[0].status_code == 200 and invalid[0].status_code == 422
     shed = sum(
         registry.get_sample_value(
@@ -72,10 +77,109 @@ def test_a_flood_of_heavy_mc_requests_is_shed_fast_and_light_requests_do_not_wai
 
 
 def test_admission_settings_are_validated() -> None:
-    import pytest
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):
         Settings(queue_timeout_s=0)
     with pytest.raises(ValidationError):
         Settings(max_queued_work=0)
+
+
+def _shed(registry: CollectorRegistry, reason: str) -> float:
+    labels = {"endpoint": "predict_uncertainty", "reason": reason, "protocol": "rest"}
+    return registry.get_sample_value("mcserve_shed_requests_total", labels) or 0.0
+
+
+def _admission(**options: float) -> tuple[Admission, CollectorRegistry]:
+    registry = CollectorRegistry()
+    limits = {"max_queued_work": 1600, "queue_timeout_s": 0.2, "max_waiting": 2} | options
+    return Admission(Metrics(registry), **limits), registry  # type: ignore[arg-type]
+
+
+def test_big_bodies_wait_in_line_for_room_and_get_it_in_order() -> None:
+    admission, registry = _admission(queue_timeout_s=5.0)
+
+    async def main() -> list[str]:
+        order: list[str] = []
+        first = await admission.reserve(1000, "rest")  # room at once
+        assert admission.reserved == 1000 and admission.would_refuse(1000)
+
+        async def wait(name: str) -> Reservation:
+            reservation = await admission.reserve(1000, "rest")
+            order.append(name)
+            return reservation
+
+        second, third = asyncio.ensure_future(wait("second")), asyncio.ensure_future(wait("third"))
+        await asyncio.sleep(0.01)
+        assert admission.waiting == 2 and not order
+        small = admission.admit(50, "rest", None)  # a small request never waits in that line: it fits beside
+        assert small > 0 and admission.queued_work == 50
+        admission.admit(800, "rest", first)  # the first's body was read: its real work replaces the reservation
+        assert admission.reserved == 0 and admission.queued_work == 850 and not order  # 850 + 1000 > 1500
+        admission.add(-850)  # dispatched to kernel calls: room for one more big request, in arrival order
+        await asyncio.sleep(0)
+        assert order == ["second"] and admission.waiting == 1
+        admission.release(await second)  # its body was bad: the room goes to the next in line
+        admission.release(await second)  # idempotent
+        assert await third is not None and order == ["second", "third"] and admission.reserved == 1000
+        return order
+
+    asyncio.run(main())
+    assert _shed(registry, "queue_full") == _shed(registry, "queue_timeout") == 0
+
+
+def test_a_big_body_refused_at_the_deadline_or_when_the_line_is_full() -> None:
+    admission, registry = _admission(queue_timeout_s=0.05, max_waiting=1)
+
+    async def main() -> tuple[Overloaded, Overloaded, float]:
+        held = await admission.reserve(1500, "rest")
+        waiting = asyncio.ensure_future(admission.reserve(1000, "rest"))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded) as full:  # the line holds one: refused at once
+            await admission.reserve(1000, "rest")
+        start = time.perf_counter()
+        with pytest.raises(Overloaded) as late:
+            await waiting
+        waited = time.perf_counter() - start
+        admission.release(held)
+        return full.value, late.value, waited
+
+    full, late, waited = asyncio.run(main())
+    assert "MCSERVE_MAX_QUEUED_WORK" in full.message and full.headers() == {"Retry-After": "1"}
+    assert "MCSERVE_QUEUE_TIMEOUT_S" in late.message and 0.02 < waited < 2
+    assert _shed(registry, "queue_full") == _shed(registry, "queue_timeout") == 1
+    assert admission.waiting == 0 and admission.reserved == 0
+
+
+def test_a_waiter_that_goes_away_leaves_the_line_and_holds_nothing() -> None:
+    admission, _ = _admission(queue_timeout_s=5.0)
+
+    async def main() -> None:
+        held = await admission.reserve(1500, "rest")
+        gone = asyncio.ensure_future(admission.reserve(1000, "rest"))
+        await asyncio.sleep(0)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert admission.waiting == 0
+        admission.release(held)
+        assert admission.reserved == 0 and admission.queued_work == 0
+
+    asyncio.run(main())
+
+
+def test_a_flood_of_big_requests_leaves_room_for_small_ones() -> None:
+    admission, _ = _admission(queue_timeout_s=5.0, max_queued_work=16_000, max_waiting=8)
+
+    async def main() -> None:
+        for _ in range(15):  # big reservations stop at 15/16 of the bound
+            await admission.reserve(1000, "rest")
+        waiting = asyncio.ensure_future(admission.reserve(1000, "rest"))
+        await asyncio.sleep(0)
+        assert admission.waiting == 1 and admission.reserved == 15_000
+        admission.admit(1000, "rest", None)  # a small request takes the last sixteenth
+        with pytest.raises(Overloaded):
+            admission.admit(1, "rest", None)  # the bound itself still holds
+        waiting.cancel()
+
+    asyncio.run(main())
