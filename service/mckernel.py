@@ -191,15 +191,16 @@ def run_tiles(model: DropoutMLP, tiles: list[Tile]) -> tuple[np.ndarray, np.ndar
     rows = sum(t for t, _ in shapes)
     units = np.concatenate(idx)
     gathered = _scratch("gathered", (len(units), width2))
-    np.take(w.fc2_t, units, axis=0, out=gathered)
-    gathered *= np.concatenate(vals)[:, None]  # W' = v[:, None] * fc2[units] / keep1
+    gathered_t = torch.from_numpy(gathered)  # torch's gather and broadcast multiply: several times numpy's speed here
+    torch.index_select(w.fc2_t_torch, 0, torch.from_numpy(units), out=gathered_t)
+    gathered_t.mul_(torch.from_numpy(np.concatenate(vals))[:, None])  # W' = v[:, None] * fc2[units] / keep1
     mask1 = _scratch("mask1", (max(n1, 1),))
     if lay1.plan.kind == "none":
         mask1.fill(1.0)
     if lanes1:
         np.greater_equal(np.concatenate(lanes1), lay1.threshold, out=mask1[:n1], casting="unsafe")
     h2 = _scratch("h2", (rows, width2))
-    mask1_t, gathered_t, h2_t = torch.from_numpy(mask1), torch.from_numpy(gathered), torch.from_numpy(h2)
+    mask1_t, h2_t = torch.from_numpy(mask1), torch.from_numpy(h2)
     b2, b3, w3 = w.fc2_bias_torch, w.fc3_bias_torch, w.fc3_t_torch
     r = u = 0
     for (t, k), m in zip(shapes, starts, strict=True):  # fc2 per tile: a GEMM of the tile's own shape (MKL)

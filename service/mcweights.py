@@ -39,10 +39,11 @@ class Weights:
     classes: int
 
     def __post_init__(self) -> None:  # torch views of the same memory, for the GEMMs MKL runs
-        for name in ("fc1_t", "fc2_bias", "fc3_t", "fc3_bias"):
+        for name in ("fc1_t", "fc2_t", "fc2_bias", "fc3_t", "fc3_bias"):
             object.__setattr__(self, name + "_torch", torch.from_numpy(getattr(self, name)))
 
     fc1_t_torch: torch.Tensor = field(init=False, repr=False, compare=False)
+    fc2_t_torch: torch.Tensor = field(init=False, repr=False, compare=False)
     fc2_bias_torch: torch.Tensor = field(init=False, repr=False, compare=False)
     fc3_t_torch: torch.Tensor = field(init=False, repr=False, compare=False)
     fc3_bias_torch: torch.Tensor = field(init=False, repr=False, compare=False)
