@@ -34,6 +34,7 @@ from .errors import ServiceError
 from .metrics import Metrics
 
 _ENDPOINT = "predict_uncertainty"
+BIG_BODY_BYTES = 64 * 1024  # an MC request body over this (about 20 images as JSON) reserves room before it is read
 
 
 class Overloaded(ServiceError):

@@ -40,7 +40,7 @@ import numpy as np
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .admission import Overloaded, Reservation
+from .admission import BIG_BODY_BYTES, Overloaded, Reservation
 from .auth import AuthError
 from .core import SEED_LIMIT, Core
 from .decode import decode_json_request
@@ -52,7 +52,7 @@ _JSON = b"application/json"
 # Bodies up to this (about 20 images as JSON) are decoded on the event loop; bigger ones (up to
 # MCSERVE_MAX_BODY_BYTES) in the core's decode thread: a 256-image body would hold the loop for several
 # milliseconds. An MC body that big first waits, unread, for room in the MC queue (service.admission).
-FAST_PATH_MAX_BODY_BYTES = 64 * 1024
+FAST_PATH_MAX_BODY_BYTES = BIG_BODY_BYTES
 _HEADERS = [(b"content-type", b"application/json")]
 _PREDICT, _UNCERTAINTY = "/predict", "/predict/uncertainty"
 _PATHS = frozenset({_PREDICT, _UNCERTAINTY})

@@ -17,6 +17,7 @@ import numpy as np
 
 from mcnet.conformal import Conformal
 
+from ..admission import BIG_BODY_BYTES, Reservation
 from ..core import SEED_LIMIT, Core, MCOutcome, outliers_of, uncertain_flags
 from ..errors import NotReadyError
 from ..sets import SetRequest, set_problem
@@ -106,6 +107,13 @@ class DataPlane:
         return [self._stats[n].to_json(n, self.version) for n in names]
 
     # ---- inference ----------------------------------------------------------------------------------
+    async def reserve(self, name: str, version: str | None, body_bytes: int, protocol: str) -> Reservation | None:
+        """Room in the MC queue for a request to model ``name`` whose body of ``body_bytes`` is not read yet: for a
+        big body to the MC model, waits in line for it (``service.admission``); None for any other request."""
+        if body_bytes <= BIG_BODY_BYTES or not self.model(name, version).mc:
+            return None
+        return await self.core.mc.reserve(self.core.settings.max_work, protocol)
+
     async def infer(
         self,
         request: InferRequest,
@@ -113,14 +121,16 @@ class DataPlane:
         wait_s: float | None = None,
         inline: bool = False,
         idle_s: float | None = None,
+        reservation: Reservation | None = None,
     ) -> InferResponse:
         """One inference; ``wait_s``, ``inline`` and ``idle_s`` say how an eval request shares a forward pass
-        (:meth:`service.core.Core.predict_timed`)."""
+        (:meth:`service.core.Core.predict_timed`); ``reservation``: the MC queue room the adapter held while it
+        read a big body (:meth:`reserve`; the adapter releases it if it goes unused)."""
         spec = self.model(request.model_name, request.model_version)
         stats = self._stats[spec.name]
         start = time.perf_counter_ns()
         try:
-            response = await self._infer(spec, request, protocol, stats, (wait_s, inline, idle_s))
+            response = await self._infer(spec, request, protocol, stats, (wait_s, inline, idle_s), reservation)
         except Exception:
             stats.failed(time.perf_counter_ns() - start)
             raise
@@ -134,6 +144,7 @@ class DataPlane:
         protocol: str,
         stats: ModelStats,
         sharing: tuple[float | None, bool, float | None],
+        reservation: Reservation | None = None,
     ) -> InferResponse:
         s = self.core.settings
         wanted = _requested(spec, request)
@@ -163,7 +174,7 @@ class DataPlane:
         x = images(request.inputs[0], s.max_batch)
         t1 = time.perf_counter_ns()
         if spec.mc:
-            outcome = await self.core.uncertainty(x, n, seed, protocol, _keep, sets)
+            outcome = await self.core.uncertainty(x, n, seed, protocol, _keep, sets, reservation)
             t2 = time.perf_counter_ns()
             outputs = self._mc(spec, outcome)
             parameters: dict[str, Any] = {"mc_samples": outcome.n_samples, "seed": outcome.seed}

@@ -82,9 +82,16 @@ class V2Http:
                 return route, *self._respond(self.plane.model_metadata(model, version))
             if kind == "config":
                 return route, *self._respond(self.plane.model_config(model, version))
-            body = await self._read_body(scope, receive)
-            request, binary_out = _parse_infer(body, _header(scope, HEADER_LENGTH), model, version)
-            response = await self.plane.infer(request, "v2_http")
+            declared = _header(scope, b"content-length") or b""
+            size = int(declared) if declared.isdigit() and int(declared) <= self.max_body else 0
+            reservation = await self.plane.reserve(model, version, size, "v2_http")  # a big MC body: room first
+            try:
+                body = await self._read_body(scope, receive)
+                request, binary_out = _parse_infer(body, _header(scope, HEADER_LENGTH), model, version)
+                response = await self.plane.infer(request, "v2_http", reservation=reservation)
+            finally:
+                if reservation is not None:  # unused (a bad body, a refusal): the room goes to the next in line
+                    self.plane.core.mc.release(reservation)
             return route, 200, *_encode(response, request, binary_out)
         except ServiceError as exc:
             headers = [*_JSON_HEADERS, *((k.lower().encode(), v.encode()) for k, v in exc.headers().items())]

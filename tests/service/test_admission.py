@@ -73,7 +73,7 @@ def test_a_flood_of_heavy_mc_requests_is_shed_fast_and_light_requests_do_not_wai
     assert shed == statuses.count(503)
     assert engine.settings.max_queued_work == 2 * work
     core = app.state.core
-    assert core.mc.queued_work == 0  # nothing left accounted as queued
+    assert core.mc.queued_work == 0 and core.mc.admission.reserved == 0  # nothing left accounted as queued
 
 
 def test_admission_settings_are_validated() -> None:
@@ -183,3 +183,39 @@ def test_a_flood_of_big_requests_leaves_room_for_small_ones() -> None:
         waiting.cancel()
 
     asyncio.run(main())
+
+
+def test_big_v2_mc_bodies_wait_for_room_too(
+    trained_artifact: Path, make_settings: Callable[..., Settings], test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """The v2 REST adapter reserves room before it reads a big body to the ``-mc`` model, as the REST one does."""
+    work = 64 * 400
+    settings = make_settings(
+        trained_artifact, max_concurrency=1, max_samples=400, max_queued_work=2 * work, queue_timeout_s=0.5
+    )
+    engine = Engine(settings)
+    engine.load()
+    registry = CollectorRegistry()
+    app = create_app(settings, engine=engine, registry=registry)
+    pixels = test_images[0][:64].astype(np.float32).reshape(64, 784)
+    heavy = {
+        "inputs": [{"name": "images", "shape": [64, 784], "datatype": "FP32", "data": pixels.ravel().tolist()}],
+        "parameters": {"mc_samples": 400, "seed": 1},
+    }
+    path = "/v2/models/fashion-mnist-dropout-mlp-mc/infer"
+
+    async def main() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://mcserve", timeout=60) as client:
+            return list(await asyncio.gather(*(client.post(path, json=heavy) for _ in range(12))))
+
+    responses = asyncio.run(main())
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 1 and statuses.count(503) >= 1, statuses
+    for response in responses:
+        if response.status_code == 503:
+            assert response.headers["retry-after"] == "1" and "MCSERVE_QUEUE_TIMEOUT_S" in response.json()["error"]
+    labels = {"endpoint": "predict_uncertainty", "reason": "queue_timeout", "protocol": "v2_http"}
+    assert registry.get_sample_value("mcserve_shed_requests_total", labels) == statuses.count(503)
+    mc = app.state.core.mc
+    assert mc.queued_work == 0 and mc.admission.reserved == 0 and mc.admission.waiting == 0
