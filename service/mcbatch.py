@@ -39,9 +39,9 @@ from mcnet import DropoutMLP
 
 from .admission import Admission, Reservation
 from .inference import MCResult, mc_predict_torch
-from .mckernel import PASS_BLOCK, Prepared, Tile, blocks_for, prepare, run_tiles
+from .mckernel import PASS_BLOCK, Prepared, Tile, blocks_for, prepare, prepare_many, run_tiles
 from .mcrequest import Accumulator
-from .mcweights import weights_of
+from .mcweights import Weights, weights_of
 from .metrics import Metrics
 
 # (result, seconds computing, seconds queued) -> what the caller gets; runs in the worker thread
@@ -246,13 +246,9 @@ class MCScheduler:
         tiles: list[Tile] = []
         live: list[tuple[_Job, int, int]] = []
         weights = weights_of(model)  # once per call: checking the cached layouts costs tens of microseconds
+        self._prepare([job for job, _, _ in picks if job.request is None], model, weights)
         for job, first, count in picks:
-            try:
-                if job.request is None:
-                    job.request = prepare(model, job.x, job.n_samples, job.seed, weights)
-                    job.acc = Accumulator(job.request, weights.classes)
-            except Exception as exc:  # this request's own fault (e.g. its pixels): fail it alone
-                job.outcome = (False, exc)
+            if job.request is None:  # its preparation failed (``outcome`` says why)
                 continue
             nb = job.request.blocks
             tiles.extend(Tile(job.request, q // nb, q % nb) for q in range(first, first + count))
@@ -275,6 +271,25 @@ class MCScheduler:
             if first + count == job.tiles:
                 acc = job.acc
                 self._complete(job, acc.result, None)
+
+    @staticmethod
+    def _prepare(jobs: list[_Job], model: DropoutMLP, weights: Weights) -> None:
+        """fc1 for the jobs starting in this call, together (``prepare_many``: the same numbers as each alone)."""
+        if not jobs:
+            return
+        try:
+            prepared = prepare_many(model, [(job.x, job.n_samples, job.seed) for job in jobs], weights)
+        except Exception:  # one request's own fault (e.g. its pixels): find it, fail it alone
+            for job in jobs:
+                try:
+                    job.request = prepare(model, job.x, job.n_samples, job.seed, weights)
+                    job.acc = Accumulator(job.request, weights.classes)
+                except Exception as exc:
+                    job.outcome = (False, exc)
+            return
+        for job, request in zip(jobs, prepared, strict=True):
+            job.request = request
+            job.acc = Accumulator(request, weights.classes)
 
     def _complete(self, job: _Job, result: Callable[[], MCResult], start: float | None) -> None:
         try:
