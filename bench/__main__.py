@@ -1,6 +1,7 @@
 """Command line: ``python -m bench {SECTION,all,report} [--quick] --json PATH``; ``all`` runs every one of ``SECTIONS``.
 
-SECTION is kernel, http, v2, batching, overload, coldstart or train.
+SECTION is kernel, http, http_cores (the MC servers again with a worker per core), v2, batching, overload,
+coldstart or train.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_JSON = Path("bench/results/all.json")
-SECTIONS = ["kernel", "http", "v2", "batching", "overload", "coldstart", "train"]
+SECTIONS = ["kernel", "http", "http_cores", "v2", "batching", "overload", "coldstart", "train"]
 
 
 def machine() -> dict[str, Any]:
@@ -58,6 +59,10 @@ def _run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
         from bench import http
 
         data = http.run(args.quick, args.model_dir, args.workers, args.server_threads, args.duration)
+    elif name == "http_cores":
+        from bench import http
+
+        data = http.run_per_core(args.quick, args.model_dir, args.server_threads, args.duration)
     elif name == "v2":
         from bench import v2
 

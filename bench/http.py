@@ -201,7 +201,7 @@ def _specs(model_dir: Path, image: list[int], workers: int, work: Path) -> list[
         ),
         ServerSpec(
             "triton",
-            [peer_py, str(ROOT / "bench" / "peers" / "triton_server.py"), "18150"],
+            [peer_py, str(ROOT / "bench" / "peers" / "triton_server.py"), "18150", str(workers)],
             f"{base}:18150/v2/health/ready",
             [
                 Endpoint("triton_predict", f"{base}:18150/v2/models/mc/infer", body["v2"], check_json_object),
@@ -345,12 +345,44 @@ def mc_batch_ab(env: dict[str, str], image: list[int], workers: int, out: dict[s
     out.update(ab_summary({side: values["p99_ms"] for side, values in rounds.items()}))
 
 
+PER_CORE_SERVERS = ("mcserve", "mc_floor", "litserve", "torchserve", "triton")
+
+
+def cores() -> int:
+    """The cores this process may run on (what a worker-per-core deployment would count)."""
+    return len(os.sched_getaffinity(0))
+
+
+def run_per_core(quick: bool, model_dir: Path | None, server_threads: int, duration: float | None) -> dict[str, Any]:
+    """``python -m bench http_cores``: mcserve, the MC floor and the MC peers again, each with one server process per
+    core (``--workers`` = the core count for every server that takes one), side by side in one run."""
+    workers = cores()
+    out = run(quick, model_dir, workers, server_threads, duration, only=list(PER_CORE_SERVERS), ab=False)
+    eff = out.get("mc_http_efficiency_c64")
+    out["mc_http_efficiency_per_core_c64"] = eff / workers if isinstance(eff, int | float) else None
+    out["conditions"]["per_core"] = (
+        f"every server with a worker setting runs {workers} processes (mcserve MCSERVE_WORKERS, uvicorn --workers "
+        "for the floor, LitServe workers_per_device, TorchServe min/maxWorkers, Triton model instances: PyTriton "
+        "infer functions, threads of one process); efficiency per core = efficiency / workers"
+    )
+    return out
+
+
 def run(
-    quick: bool, model_dir: Path | None, workers: int, server_threads: int, duration: float | None
+    quick: bool,
+    model_dir: Path | None,
+    workers: int,
+    server_threads: int,
+    duration: float | None,
+    only: list[str] | None = None,
+    ab: bool = True,
 ) -> dict[str, Any]:
+    """``python -m bench http``: every server of ``_specs`` (or those named in ``only``, else in ``BENCH_SERVERS``)
+    and, with ``ab``, the MC batching A/B."""
     duration_s = duration or (2.0 if quick else 10.0)
     mc_duration_s = duration or (duration_s if quick else MC_FULL_DURATION_S)
-    only = [s for s in os.environ.get("BENCH_SERVERS", "").split(",") if s]
+    if only is None:
+        only = [s for s in os.environ.get("BENCH_SERVERS", "").split(",") if s]
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         work = Path(tmp)
@@ -364,7 +396,7 @@ def run(
             if only and spec.name not in only:
                 continue
             _bench_server(spec, env, (duration_s, mc_duration_s), work, out)
-        if not only or "mc_batch_ab" in only:
+        if ab and (not only or "mc_batch_ab" in only):
             mc_batch_ab(env, image, workers, out)
     out.update(mc_derived(out))
     out["conditions"] = {

@@ -29,12 +29,13 @@ TEMPLATE = Path(__file__).with_name("doc_template.md")
 
 def sections(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Split an ``all`` JSON into its sections; a single-section JSON becomes that one section."""
-    known = ("kernel", "http", "v2", "batching", "overload", "coldstart", "train")
+    known = ("kernel", "http", "http_cores", "v2", "batching", "overload", "coldstart", "train")
     if any(k in results for k in known):
         return {k: results.get(k) or {} for k in known}
     guess = {
         "kernel": "ratio_to_gemm_limit_b32_t100",
         "http": "predict_rps_c64",
+        "http_cores": "mc_http_efficiency_per_core_c64",
         "v2": "v2_http_vs_triton_c64",
         "batching": "batching_rps_gain_c64",
         "overload": "overload_flood_max_s",
@@ -120,6 +121,8 @@ def render(results: dict[str, Any], plot_name: str) -> str:
         v2_table=v2_table(sec["v2"]),
         batching_table=batching_table(sec["batching"]),
         mc_table=mc_table(sec["http"]),
+        mc_cores_table=mc_table(sec["http_cores"], with_ab=False),
+        cores_workers=(sec["http_cores"].get("conditions") or {}).get("server_workers", "?"),
         train_table=train_table(sec["train"]),
         cold_start=cold_text,
         plot=plot_name,

@@ -136,6 +136,8 @@ def _row(name: str, value: Any, op: str = "", target: float = 0.0, section: dict
 
 def headline(sec: dict[str, dict[str, Any]]) -> str:
     k, h, t, b = (sec.get(name) or {} for name in ("kernel", "http", "train", "batching"))
+    hc = sec.get("http_cores") or {}
+    workers = (hc.get("conditions") or {}).get("server_workers", "?")
     v, o = sec.get("v2") or {}, sec.get("overload") or {}
 
     def rel(a: str, b: str) -> float | None:
@@ -198,6 +200,24 @@ def headline(sec: dict[str, dict[str, Any]]) -> str:
             section=h,
         ),
         _row("`/predict/uncertainty` req/s ÷ MC floor, c=64 (context)", h.get("mc_vs_floor_c64"), section=h),
+        _row(
+            f"`/predict/uncertainty` (T=100) req/s ÷ the best MC peer ({hc.get('mc_best_peer_c64') or '?'}), c=64, "
+            f"with {workers} server processes (a worker per core) for every server that takes a worker count",
+            hc.get("mc_vs_best_peer_c64"),
+            ">=",
+            5.0,
+            hc,
+        ),
+        _row(
+            f"MC HTTP efficiency per core, c=64, {workers} workers: req/s × kernel µs/image ÷ 10^6 ÷ workers",
+            hc.get("mc_http_efficiency_per_core_c64"),
+            section=hc,
+        ),
+        _row(
+            f"`/predict/uncertainty` req/s ÷ MC floor, c=64, both with {workers} workers (context)",
+            hc.get("mc_vs_floor_c64"),
+            section=hc,
+        ),
         _row(_mc_batch_ab_name(h), h.get("uncertainty_t100_p99_c1_on_vs_off"), "<=", 1.1, h),
         _row(
             "batching on ÷ off, `/predict` req/s, c=16 (interleaved A/B, keep if > 1)",
@@ -341,7 +361,7 @@ MC_SERVERS = (
 )
 
 
-def mc_table(h: dict[str, Any]) -> str:
+def mc_table(h: dict[str, Any], with_ab: bool = True) -> str:
     """MC dropout (T = 100) over HTTP: req/s at c=64 per server, its efficiency and mcserve's ratio to it; then the
     kernel's own cost and the MC batching A/B at c = 1."""
     if not h:
@@ -366,6 +386,8 @@ def mc_table(h: dict[str, Any]) -> str:
         )
     kernel = f"{fmt(us, 1)} µs per image" if us is not None else f"not measured ({h.get('mc_kernel_error')})"
     lines += ["", f"MC kernel (`service.inference.mc_predict`, B=32, T=100, one torch thread): {kernel}."]
+    if not with_ab:
+        return "\n".join(lines)
     on, off = h.get("uncertainty_t100_p99_ms_c1_batch_on"), h.get("uncertainty_t100_p99_ms_c1_batch_off")
     if h.get("uncertainty_t100_batch_ab_error"):
         ab = f"could not run: `{' '.join(str(h['uncertainty_t100_batch_ab_error']).split())[:400]}`"

@@ -1,4 +1,4 @@
-"""Triton Inference Server through PyTriton serving the mcnet artifact: ``python ... HTTP_PORT``.
+"""Triton Inference Server through PyTriton serving the mcnet artifact: ``python ... HTTP_PORT [INSTANCES]``.
 
 Uses ports HTTP_PORT, +1 (gRPC), +2 (metrics). Requests are KServe v2 JSON (``inputs``: images FP32 [B, 784]).
 Two models, both behind Triton's dynamic batcher:
@@ -9,6 +9,9 @@ Two models, both behind Triton's dynamic batcher:
   (max_batch_size 64). T is the request parameter ``n_samples`` (v2 ``"parameters": {"n_samples": 100}``, the
   same field mcserve's body has), 100 when absent; the batch the batcher hands over is split by T, so the infer
   function takes PyTriton's list of requests rather than ``@batch``'s concatenated arrays.
+
+INSTANCES (default 1) model instances per model: PyTriton's way to run several infer functions at once (bench http
+passes its ``--workers``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def infer_mc(requests: list[Request]) -> list[dict[str, np.ndarray]]:
 
 def main() -> None:
     port = int(sys.argv[1])
+    instances = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     config = TritonConfig(
         http_address="127.0.0.1", http_port=port, grpc_address="127.0.0.1", grpc_port=port + 1, metrics_port=port + 2
     )
@@ -51,14 +55,14 @@ def main() -> None:
     with Triton(config=config) as triton:
         triton.bind(
             model_name="mc",
-            infer_func=infer,
+            infer_func=[infer] * instances,
             inputs=images,
             outputs=[Tensor(name="probabilities", dtype=np.float32, shape=(10,))],
             config=ModelConfig(max_batch_size=256),
         )
         triton.bind(
             model_name="mc_dropout",
-            infer_func=infer_mc,
+            infer_func=[infer_mc] * instances,
             inputs=images,
             outputs=[
                 Tensor(name="mean_probabilities", dtype=np.float32, shape=(10,)),
