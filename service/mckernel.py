@@ -114,12 +114,12 @@ def prepare_many(
 ) -> list[Prepared]:
     """fc1 and its ReLU for the images of ``requests`` (``(pixels, n_samples, seed)`` each), and their active units.
 
-    Every image gets its own ``(1 x D) @ (D x H)`` product: a GEMM's row can depend on the other rows of the same
-    product (MKL picks kernels by shape and thread count; an image's fc1 in a 64-row product differs from its fc1
-    alone in the last bits), so an image's active units and values are the same whatever it is prepared with.
-    The products run back to back, so the requests starting in one kernel call share one read of the fc1 weights
-    (800 KB, which the call's other work pushes out of the cache), and the rest is done once for all of them.
-    ``weights``: :func:`weights_of` ``model``, when the caller already has it (it costs a check per call)."""
+    Each request gets its own ``(B x D) @ (D x H)`` product: a GEMM's row can depend on the other rows of the same
+    product (MKL picks kernels by shape and thread count), so a request's active units and values must not depend on
+    the other requests it is prepared with. The products run back to back, so the requests starting in one kernel
+    call share one read of the fc1 weights (800 KB, which the call's other work pushes out of the cache), and the
+    rest is done once for all of them. ``weights``: :func:`weights_of` ``model``, when the caller already has it (it
+    costs a check per call)."""
     if model.training:
         raise RuntimeError("the served model must stay in eval() mode")
     if any(n < 1 for _, n, _ in requests):
@@ -135,8 +135,10 @@ def prepare_many(
         row += size
     h1 = _scratch("h1", (total, width))
     pixels_t, h1_t, fc1 = torch.from_numpy(pixels), torch.from_numpy(h1), w.fc1_t_torch
-    for i in range(total):  # MKL: faster than numpy's BLAS at these shapes
-        torch.mm(pixels_t[i : i + 1], fc1, out=h1_t[i : i + 1])
+    row = 0
+    for size in sizes:  # one product per request (MKL: faster than numpy's BLAS at these shapes)
+        torch.mm(pixels_t[row : row + size], fc1, out=h1_t[row : row + size])
+        row += size
     h1 += w.fc1_bias
     rows, units = np.nonzero(h1 > 0)  # row-major: ascending units within each image
     values = h1[rows, units]
