@@ -48,7 +48,7 @@ run: install
 	$(PY) -m training --out $(MODEL_DIR) --skip-if-valid
 	MCSERVE_MODEL_DIR=$(MODEL_DIR) $(PY) -m service
 
-# Benchmarks (docs/benchmarks.md): `make bench` (full, ~23 min) or `make bench BENCH_ARGS=--quick`.
+# Benchmarks (docs/benchmarks.md): `make bench` (full, ~25 min) or `make bench BENCH_ARGS=--quick`.
 BENCH_JSON  ?= bench/results/all.json
 bench: install
 	$(PY) -m bench all $(BENCH_ARGS) --json $(BENCH_JSON)
