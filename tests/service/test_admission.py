@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -19,18 +20,26 @@ from service.admission import Admission, Overloaded, Reservation
 from service.engine import Engine
 from service.metrics import Metrics
 
+HEAVY_WORK = 64 * 400  # passes x images of one heavy request: 64 images x 400 passes
 
-def test_a_flood_of_heavy_mc_requests_is_shed_fast_and_light_requests_do_not_wait(
-    trained_artifact: Path, make_settings: Callable[..., Settings], test_images: tuple[np.ndarray, np.ndarray]
-) -> None:
-    work = 64 * 400  # passes x images of one heavy request
+
+def _tight_queue_app(
+    trained_artifact: Path, make_settings: Callable[..., Settings]
+) -> tuple[Engine, CollectorRegistry, Any]:
+    """An app with one kernel thread, room for two heavy requests and a 0.5 s queue deadline."""
     settings = make_settings(
-        trained_artifact, max_concurrency=1, max_samples=400, max_queued_work=2 * work, queue_timeout_s=0.5
+        trained_artifact, max_concurrency=1, max_samples=400, max_queued_work=2 * HEAVY_WORK, queue_timeout_s=0.5
     )
     engine = Engine(settings)
     engine.load()
     registry = CollectorRegistry()
-    app = create_app(settings, engine=engine, registry=registry)
+    return engine, registry, create_app(settings, engine=engine, registry=registry)
+
+
+def test_a_flood_of_heavy_mc_requests_is_shed_fast_and_light_requests_do_not_wait(
+    trained_artifact: Path, make_settings: Callable[..., Settings], test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    engine, registry, app = _tight_queue_app(trained_artifact, make_settings)
     heavy = {"images": test_images[0][:64].tolist(), "n_samples": 400, "seed": 1}
     light = {"images": [test_images[0][0].tolist()]}
 
@@ -71,7 +80,7 @@ def test_a_flood_of_heavy_mc_requests_is_shed_fast_and_light_requests_do_not_wai
         for reason in ("queue_full", "queue_timeout")
     )
     assert shed == statuses.count(503)
-    assert engine.settings.max_queued_work == 2 * work
+    assert engine.settings.max_queued_work == 2 * HEAVY_WORK
     core = app.state.core
     assert core.mc.queued_work == 0 and core.mc.admission.reserved == 0  # nothing left accounted as queued
 
@@ -189,14 +198,7 @@ def test_big_v2_mc_bodies_wait_for_room_too(
     trained_artifact: Path, make_settings: Callable[..., Settings], test_images: tuple[np.ndarray, np.ndarray]
 ) -> None:
     """The v2 REST adapter reserves room before it reads a big body to the ``-mc`` model, as the REST one does."""
-    work = 64 * 400
-    settings = make_settings(
-        trained_artifact, max_concurrency=1, max_samples=400, max_queued_work=2 * work, queue_timeout_s=0.5
-    )
-    engine = Engine(settings)
-    engine.load()
-    registry = CollectorRegistry()
-    app = create_app(settings, engine=engine, registry=registry)
+    _, registry, app = _tight_queue_app(trained_artifact, make_settings)
     pixels = test_images[0][:64].astype(np.float32).reshape(64, 784)
     heavy = {
         "inputs": [{"name": "images", "shape": [64, 784], "datatype": "FP32", "data": pixels.ravel().tolist()}],
