@@ -20,7 +20,8 @@
   requests still fit beside it.
 
 Every refusal is a 503 :class:`Overloaded` with ``Retry-After`` (gRPC: UNAVAILABLE), counted in
-``mcserve_shed_requests_total{endpoint,reason,protocol}``. ``/predict``, validation errors, health and metrics never
+``mcserve_shed_requests_total{endpoint,reason,protocol}``; ``mcserve_mc_waiting_requests`` is the line's length.
+``/predict``, validation errors, health and metrics never
 queue here. Nothing here knows about HTTP or gRPC.
 """
 
@@ -124,12 +125,14 @@ class Admission:
         loop = asyncio.get_running_loop()
         waiter = _Waiter(work, deadline, protocol, loop.create_future())
         self._waiting.append(waiter)
+        self._line_moved()
         timer = loop.call_at(deadline, self._expire, waiter)
         try:
             return await waiter.future
         except asyncio.CancelledError:  # the client went away while waiting, or just after its turn came
             if waiter in self._waiting:
                 self._waiting.remove(waiter)
+                self._line_moved()
             elif waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 self.release(waiter.future.result())
             raise
@@ -163,19 +166,25 @@ class Admission:
         self.reserved += work
         return Reservation(work, deadline)
 
+    def _line_moved(self) -> None:
+        self.metrics.mc_waiting.set(len(self._waiting))
+
     def _wake(self) -> None:
         """Hand freed room to the waiting line, in order: the first waiter that does not fit stops it."""
+        moved = False
         while self._waiting:
             waiter = self._waiting[0]
-            if waiter.future.done():
-                self._waiting.popleft()
-                continue
-            if not self._room_for_big(waiter.work):
-                return
+            if not waiter.future.done():
+                if not self._room_for_big(waiter.work):
+                    break
+                waiter.future.set_result(self._hold(waiter.work, waiter.deadline))
             self._waiting.popleft()
-            waiter.future.set_result(self._hold(waiter.work, waiter.deadline))
+            moved = True
+        if moved:
+            self._line_moved()
 
     def _expire(self, waiter: _Waiter) -> None:
         if waiter in self._waiting and not waiter.future.done():
             self._waiting.remove(waiter)
+            self._line_moved()
             waiter.future.set_exception(self.refuse_late(waiter.protocol))

@@ -162,6 +162,11 @@ class Metrics:
             "mcserve_mc_queued_work", "Monte Carlo work (passes x images) admitted and not yet computed",
             registry=registry, multiprocess_mode="livesum",
         )  # fmt: skip
+        self.mc_waiting = Gauge(
+            "mcserve_mc_waiting_requests",
+            "Big Monte Carlo requests waiting, bodies unread, for room in the queue (MCSERVE_MAX_WAITING_REQUESTS)",
+            registry=registry, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.ready = Gauge(
             "mcserve_model_ready", "1 when the model is loaded and warmed up", registry=registry,
             multiprocess_mode="livemin",

@@ -121,6 +121,7 @@ def test_big_bodies_wait_in_line_for_room_and_get_it_in_order() -> None:
         second, third = asyncio.ensure_future(wait("second")), asyncio.ensure_future(wait("third"))
         await asyncio.sleep(0.01)
         assert admission.waiting == 2 and not order
+        assert registry.get_sample_value("mcserve_mc_waiting_requests") == 2
         small = admission.admit(50, "rest", None)  # a small request never waits in that line: it fits beside
         assert small > 0 and admission.queued_work == 50
         admission.admit(800, "rest", first)  # the first's body was read: its real work replaces the reservation
@@ -135,6 +136,7 @@ def test_big_bodies_wait_in_line_for_room_and_get_it_in_order() -> None:
 
     asyncio.run(main())
     assert _shed(registry, "queue_full") == _shed(registry, "queue_timeout") == 0
+    assert registry.get_sample_value("mcserve_mc_waiting_requests") == 0
 
 
 def test_a_big_body_refused_at_the_deadline_or_when_the_line_is_full() -> None:
@@ -158,6 +160,7 @@ def test_a_big_body_refused_at_the_deadline_or_when_the_line_is_full() -> None:
     assert "MCSERVE_QUEUE_TIMEOUT_S" in late.message and 0.02 < waited < 2
     assert _shed(registry, "queue_full") == _shed(registry, "queue_timeout") == 1
     assert admission.waiting == 0 and admission.reserved == 0
+    assert registry.get_sample_value("mcserve_mc_waiting_requests") == 0  # the expired waiter left the line
 
 
 def test_a_waiter_that_goes_away_leaves_the_line_and_holds_nothing() -> None:
