@@ -29,7 +29,6 @@ import multiprocessing
 import os
 import queue
 import resource
-import socket
 import sys
 import tempfile
 import threading
@@ -39,6 +38,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench import procs
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / "bench" / "results" / "logs"
@@ -389,14 +390,7 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 def free_port(ports: range = PORTS) -> int:
-    for port in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
+    return procs.free_ports(ports)[0]
 
 
 def _model(model_dir: Path | None, scratch: Path) -> tuple[Path, str]:

@@ -10,7 +10,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +96,44 @@ def stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
+
+
+def free_ports(ports: range, n: int = 1, exclude: Collection[int] = ()) -> list[int]:
+    """``n`` ports of ``ports``, none in ``exclude``, that nothing listens on now (each benchmark and test module keeps
+    its own range)."""
+    found: list[int] = []
+    for port in ports:
+        if port in exclude:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == n:
+            return found
+    raise RuntimeError(f"no {n} free port(s) in {ports.start}-{ports.stop - 1}")
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes], ready: Callable[[], bool], output: Callable[[], str], timeout_s: float = 120.0
+) -> None:
+    """Poll ``ready()`` (connection errors count as not yet) until it is true; RuntimeError with ``output()``'s tail
+    when the process exits first, or after ``timeout_s`` (the process is killed then)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {output()[-2000:]}")
+        try:
+            if ready():
+                return
+        except OSError:  # connection refused, reset, timeout (httpx's errors are not OSErrors: callers map them)
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"server never became ready in {timeout_s:.0f} s: {output()[-2000:]}")
+        time.sleep(0.2)
 
 
 @contextlib.contextmanager

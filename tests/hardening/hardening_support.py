@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from bench.procs import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 PORTS = range(18300, 18400)
@@ -34,17 +35,9 @@ _used: set[int] = set()
 
 def free_port() -> int:
     """A port in 18300-18399 that nothing listens on and no other test of this run took."""
-    for port in PORTS:
-        if port in _used:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _used.add(port)
-        return port
-    raise RuntimeError("no free port in 18300-18399")
+    port = free_ports(PORTS, exclude=_used)[0]
+    _used.add(port)
+    return port
 
 
 def service_env(model_dir: Path | str, port: int, **settings: object) -> dict[str, str]:

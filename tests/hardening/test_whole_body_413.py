@@ -22,6 +22,7 @@ import pytest
 from hardening_support import Server, start_server
 from starlette.types import Message, Receive, Scope
 
+from bench.procs import free_ports
 from service.limits import DRAIN_LIMIT_BYTES, discard_body, drain_request
 from service.settings import Settings
 
@@ -33,14 +34,7 @@ PATHS = ["/predict", "/predict/uncertainty", V2_INFER]
 
 
 def _free_port() -> int:
-    for port in PORTS:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port in 18700-18749")
+    return free_ports(PORTS)[0]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import hashlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
+
+from bench import procs
 
 REPO = Path(__file__).resolve().parents[2]
 PORTS = range(18750, 18800)  # reserved for these tests
@@ -86,17 +87,7 @@ class Server:
 
 
 def _free_ports(n: int) -> list[int]:
-    found = []
-    for port in PORTS:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        found.append(port)
-        if len(found) == n:
-            return found
-    raise RuntimeError("no free ports in 18750-18799")
+    return procs.free_ports(PORTS, n)
 
 
 def start(model: Path, keys: Path, log: Path, tls: tuple[Path, Path] | None = None) -> Server:
@@ -114,20 +105,16 @@ def start(model: Path, keys: Path, log: Path, tls: tuple[Path, Path] | None = No
         proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=sink, stderr=sink)
     scheme = "https" if tls else "http"
     server = Server(proc, f"{scheme}://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", tls[0] if tls else None, log)
-    deadline = time.monotonic() + 120
     with server.client() as c:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+
+        def ready() -> bool:
             try:
-                if c.get("/readyz").status_code == 200:  # open without a key
-                    return server
+                return c.get("/readyz").status_code == 200  # open without a key
             except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("server never became ready")
-            time.sleep(0.2)
+                return False
+
+        procs.wait_ready(proc, ready, log.read_text)
+    return server
 
 
 def stop(server: Server) -> str:

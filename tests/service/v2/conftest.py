@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+
+from bench import procs
 
 REPO = Path(__file__).resolve().parents[3]
 PORTS = range(18400, 18500)  # reserved for these tests
@@ -32,17 +32,7 @@ class V2Server:
 
 
 def free_ports(n: int) -> list[int]:
-    ports = []
-    for port in PORTS:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError("no free ports in 18400-18499")
+    return procs.free_ports(PORTS, n)
 
 
 def start_server(model_dir: Path, **settings: str) -> V2Server:
@@ -59,19 +49,19 @@ def start_server(model_dir: Path, **settings: str) -> V2Server:
         [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     server = V2Server(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", proc, values)
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.communicate()[1].decode()[-2000:]}")
-        try:
-            if httpx.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("server never became ready")
-        time.sleep(0.2)
+    procs.wait_ready(proc, lambda: _ready(f"{server.url}/v2/health/ready"), lambda: _stderr(proc))
+    return server
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _stderr(proc: subprocess.Popen[bytes]) -> str:
+    return proc.communicate()[1].decode() if proc.poll() is not None else ""
 
 
 def stop_server(server: V2Server) -> str:
