@@ -12,8 +12,9 @@ connections):
 * ``invalid``: a wrong-shape ``/predict`` (must be a 422, fast: validation never waits for MC work);
 * ``predict``: a valid 1-image ``/predict`` (fast: it never queues behind MC work).
 
-The server's resident memory (VmRSS) is sampled every 0.5 s. The flood clients run in their own process (so their
-threads do not hold the probes' GIL) at a lower priority; client and server still share the machine's cores.
+The server's resident memory (VmRSS, its MC kernel process included) is sampled every 0.5 s. The flood clients
+run in their own process (so their threads do not hold the probes' GIL) at a lower priority; client and server
+still share the machine's cores.
 
 The pure parts (:func:`percentile`, :func:`summarise`) are tested in tests/bench/test_overload.py;
 tests/service/test_overload.py drives a real server with :func:`drive`.
@@ -295,11 +296,33 @@ def probe(host: str, port: int, path: str, body: bytes, start_at: float, stop_at
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` in MiB (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    """Resident memory of ``pid`` and its descendants (the MC kernel process) in MiB (Linux /proc)."""
+    total = 0.0
+    for p in [pid, *_descendants(pid)]:
+        try:
+            lines = Path(f"/proc/{p}/status").read_text().splitlines()
+        except OSError:  # gone meanwhile
+            if p == pid:
+                raise
+            continue
+        total += next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmRSS:")), 0.0)
+    return total
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc/<pid>/task/*/children)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in task.read_text().split()]
+            except OSError:
+                continue
+            out.extend(kids)
+            todo.extend(kids)
+    return out
 
 
 def drive(
@@ -493,8 +516,8 @@ def run(quick: bool, model_dir: Path | None, server_threads: int = 1) -> dict[st
         "latency": "client-side, from sending the request to reading the last byte of the answer",
         "percentiles": "linear interpolation between ranks; overload_small_p50_s/p95_s over the 200 answers, "
         "overload_small_503_* over the 503s",
-        "rss": f"server VmRSS every {RSS_INTERVAL_S:g} s from after the warm-up (start) to after the last flood "
-        "answer (end)",
+        "rss": f"server VmRSS (its MC kernel process included) every {RSS_INTERVAL_S:g} s from after the warm-up "
+        "(start) to after the last flood answer (end)",
         "note": "the clients share the machine's cores with the server (2 cores here): the flood's sending and "
         "the probes take CPU the server could have used",
     }

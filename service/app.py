@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -61,7 +62,18 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = await anyio.to_thread.run_sync(engine.load)
+        kernel = core.kernel_process()
+        starting = asyncio.ensure_future(anyio.to_thread.run_sync(kernel.start)) if kernel is not None else None
+        try:
+            loaded = await anyio.to_thread.run_sync(engine.load)  # beside the kernel process's own loading
+            if kernel is not None and starting is not None:
+                await starting
+                kernel.expect(loaded.manifest)
+                core.mc.use_process(kernel)
+        except BaseException:
+            if kernel is not None:
+                kernel.close()
+            raise
         ref = loaded.ref
         grpc_server = None
         if settings.grpc_port:

@@ -33,9 +33,10 @@ import numpy as np
 from .admission import Reservation
 from .auth import Authenticator, AuthError, current_key
 from .batching import BatchStats, MicroBatcher
-from .engine import Engine
+from .engine import Engine, resolve_device
 from .inference import MCResult
 from .mcbatch import MCScheduler
+from .mcprocess import KernelProcess, wanted
 from .metrics import MCSummary, Metrics
 from .sets import SetAnswer, SetRequest, answer
 
@@ -87,6 +88,13 @@ class Core:
     @property
     def ready(self) -> bool:
         return self.engine.ready
+
+    def kernel_process(self) -> KernelProcess | None:
+        """The child process the CPU MC kernel runs in (not started), or None (``MCSERVE_MC_PROCESS``)."""
+        s = self.settings
+        if not wanted(s.mc_process, resolve_device(s.device).type, s.workers):
+            return None
+        return KernelProcess(s.model_dir, s.torch_threads, s.keep_freed_buffers, self.metrics.kernel_restarts.inc)
 
     def _on_batch(self, stats: BatchStats) -> None:
         self.metrics.record_batch(stats.requests, stats.images)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,7 @@ from mcnet import DropoutMLP
 from .admission import Admission, Reservation
 from .inference import MCResult, mc_predict_torch
 from .mckernel import PASS_BLOCK, Prepared, Tile, blocks_for, prepare, prepare_many, run_tiles
+from .mcprocess import KernelProcess, KernelProcessError
 from .mcrequest import Accumulator
 from .mcweights import Weights, weights_of
 from .metrics import Metrics
@@ -69,6 +71,8 @@ class _Job:
     request: Prepared | None = None
     acc: Accumulator | None = None
     outcome: tuple[bool, Any] | None = field(default=None)  # (ok, value or exception), set in the worker
+    id: int = 0  # its name in the kernel process
+    sent: int = 0  # the kernel process generation that holds its state (0: none yet)
 
     def tile_rows(self, q: int) -> int:
         if self.whole:
@@ -77,6 +81,12 @@ class _Job:
 
     def rows(self, first: int, count: int) -> int:
         return sum(self.tile_rows(q) for q in range(first, first + count))
+
+
+def _from_arrays(answer: tuple[Any, ...]) -> MCResult:
+    """An :class:`MCResult` from the kernel process's answer: its six float32 arrays and ``n_samples``."""
+    mean, variance, std, predictive, expected, mutual = (torch.from_numpy(a) for a in answer[:6])
+    return MCResult(mean, variance, std, predictive, expected, mutual, int(answer[6]))
 
 
 class MCScheduler:
@@ -110,11 +120,20 @@ class MCScheduler:
         self._running = 0
         self._pending: asyncio.Handle | asyncio.TimerHandle | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self.process: KernelProcess | None = None  # MCSERVE_MC_PROCESS: the kernel runs there, not in the threads
+        self._ids = itertools.count(1)
+        self._forget: list[int] = []  # jobs dropped midway whose state the kernel process may free
+
+    def use_process(self, process: KernelProcess) -> None:
+        """Run every CPU kernel call in ``process`` (started) from now on; :meth:`close` closes it."""
+        self.process = process
 
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+        if self.process is not None:
+            self.process.close()
 
     @property
     def queued_work(self) -> int:
@@ -139,6 +158,7 @@ class MCScheduler:
         whole = self._device().type != "cpu"
         tiles = 1 if whole else len(x) * blocks_for(n_samples)
         job = _Job(x, n_samples, seed, protocol, finish, loop.create_future(), time.perf_counter(), tiles, work, whole)
+        job.id = next(self._ids)
         job.timer = loop.call_at(deadline, self._expire, job)
         self._jobs.append(job)
         self._schedule(loop)
@@ -156,6 +176,8 @@ class MCScheduler:
     def _drop(self, job: _Job) -> None:
         if job in self._jobs:
             self._jobs.remove(job)
+            if job.sent and job.outcome is None:  # dropped midway: the kernel process may free its state
+                self._forget.append(job.id)
         if job.work:
             self._set_queued(-job.work)
             job.work = 0
@@ -192,7 +214,7 @@ class MCScheduler:
         self._pending = None
         loop = asyncio.get_running_loop()
         while self._running < self.max_calls:
-            picks = self._pick()
+            picks = self._pick(self._budget())
             if not picks:
                 return
             now = time.perf_counter()
@@ -212,9 +234,20 @@ class MCScheduler:
             call = loop.run_in_executor(self._executor, self._call, picks)
             call.add_done_callback(functools.partial(self._done, picks))
 
-    def _pick(self) -> list[tuple[_Job, int, int]]:
-        """The next call's tiles: one from every waiting job in turn, then more of the same jobs while rows remain."""
-        budget = self.max_rows
+    def _budget(self) -> int:
+        """Rows for the next call: ``max_rows``; with the kernel process, the waiting work shared among the free
+        call slots. One process computes its calls one after the other: a call that took every waiting request
+        would leave the other slot empty, and this process idle while the child computes (and the child while this
+        process answers). Smaller calls keep both busy: this one finishes a call while the child runs the next."""
+        if self.process is None:
+            return self.max_rows
+        waiting = sum(job.work for job in self._jobs if not job.busy and not job.cancelled)
+        free = self.max_calls - self._running
+        return max(1, min(self.max_rows, -(-waiting // free)))
+
+    def _pick(self, budget: int) -> list[tuple[_Job, int, int]]:
+        """The next call's tiles: one from every waiting job in turn, then more of the same jobs while rows remain
+        (at most ``budget`` rows, and at least one tile)."""
         picks: list[list[Any]] = []
         for job in self._jobs:
             if job.busy or job.cancelled or job.next_tile >= job.tiles:
@@ -242,6 +275,9 @@ class MCScheduler:
             job = picks[0][0]
             gen = torch.Generator(device=self._device()).manual_seed(job.seed)
             self._complete(job, lambda: mc_predict_torch(model, torch.from_numpy(job.x), job.n_samples, gen), start)
+            return
+        if self.process is not None:
+            self._call_process(self.process, picks)
             return
         tiles: list[Tile] = []
         live: list[tuple[_Job, int, int]] = []
@@ -271,6 +307,49 @@ class MCScheduler:
             if first + count == job.tiles:
                 acc = job.acc
                 self._complete(job, acc.result, None)
+
+    def _call_process(self, process: KernelProcess, picks: list[tuple[_Job, int, int]]) -> None:
+        """:meth:`_call` through the kernel process: the same tiles, computed there; finishing stays here. When the
+        child dies, the jobs whose partial sums it held fail (503, retry); the jobs this call started go again to
+        the next child (nothing of theirs was lost)."""
+        todo = list(picks)
+        for attempt in range(2):
+            calls, sent = [], []
+            for job, first, count in todo:
+                if job.sent and job.sent != process.generation:  # its partial sums died with an earlier child
+                    job.outcome = (
+                        False,
+                        KernelProcessError("the MC kernel process restarted during this request; retry"),
+                    )
+                    continue
+                calls.append((job.id, None if job.sent else job.x, job.n_samples, job.seed, first, count))
+                sent.append((job, first, count))
+            if not calls:
+                return
+            forget, self._forget = self._forget, []
+            try:
+                answers, seconds, generation = process.call(calls, forget)
+            except KernelProcessError as exc:
+                todo = [pick for pick in sent if not pick[0].sent]
+                for job, _, _ in sent:
+                    if job.sent or attempt:
+                        job.outcome = (False, exc)
+                continue
+            except Exception as exc:
+                for job, _, _ in sent:
+                    job.outcome = (False, exc)
+                return
+            for (job, _, _), (job_id, answer) in zip(sent, answers, strict=True):
+                assert job_id == job.id
+                job.sent = generation
+                job.compute_s += seconds
+                if isinstance(answer, str):
+                    lost = answer.startswith("KernelProcessError")
+                    error = KernelProcessError(f"{answer}; retry") if lost else RuntimeError(f"MC kernel: {answer}")
+                    job.outcome = (False, error)
+                elif answer is not None:
+                    self._complete(job, functools.partial(_from_arrays, answer), None)
+            return
 
     @staticmethod
     def _prepare(jobs: list[_Job], model: DropoutMLP, weights: Weights) -> None:

@@ -167,6 +167,10 @@ class Metrics:
             "Big Monte Carlo requests waiting, bodies unread, for room in the queue (MCSERVE_MAX_WAITING_REQUESTS)",
             registry=registry, multiprocess_mode="livesum",
         )  # fmt: skip
+        self.kernel_restarts = Counter(
+            "mcserve_mc_kernel_restarts", "MC kernel processes started again after one exited (MCSERVE_MC_PROCESS)",
+            registry=registry,
+        )  # fmt: skip
         self.ready = Gauge(
             "mcserve_model_ready", "1 when the model is loaded and warmed up", registry=registry,
             multiprocess_mode="livemin",

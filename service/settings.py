@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         description="most rows (passes x images) in one Monte Carlo kernel call, shared by the requests in it",
     )  # fmt: skip
     max_concurrency: int = Field(default=2, ge=1, description="inference calls running at once in the worker threads")
+    mc_process: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="run the CPU Monte Carlo kernel in a child process beside the event loop (the same numbers); "
+        "auto = on when each worker has at least 2 CPUs (affinity and cgroup quota); ignored on CUDA",
+    )
     mc_batch: bool = Field(
         default=True,
         description="cross-request MC batching: concurrent uncertainty requests share kernel calls (a seeded answer "
