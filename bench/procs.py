@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -48,7 +49,18 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
 
 
 def ready_status(url: str, timeout: float = 2.0) -> int | None:
-    """``http_status`` of ``url``; for ``tcp://HOST:PORT`` (a gRPC-only server) 200 once the port accepts."""
+    """``http_status`` of ``url``; for ``tcp://HOST:PORT`` (a gRPC-only server) 200 once the port accepts. A
+    ``/readyz`` that says ``"mc_kernel": "starting"`` counts as 503: mcserve answers meanwhile, but measurements
+    wait for its MC kernel process."""
+    if url.endswith("/readyz"):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                body = json.loads(resp.read() or b"{}")
+                return 503 if isinstance(body, dict) and body.get("mc_kernel") == "starting" else int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except (OSError, ValueError):
+            return None
     if not url.startswith("tcp://"):
         return http_status(url, timeout)
     host, _, port = url.removeprefix("tcp://").rpartition(":")

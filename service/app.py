@@ -62,18 +62,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        kernel = core.kernel_process()
-        starting = asyncio.ensure_future(anyio.to_thread.run_sync(kernel.start)) if kernel is not None else None
-        try:
-            loaded = await anyio.to_thread.run_sync(engine.load)  # beside the kernel process's own loading
-            if kernel is not None and starting is not None:
-                await starting
-                kernel.expect(loaded.manifest)
-                core.mc.use_process(kernel)
-        except BaseException:
-            if kernel is not None:
-                kernel.close()
-            raise
+        loaded = await anyio.to_thread.run_sync(engine.load)
+        kernel = core.kernel_process()  # started in the background: until it is up, MC runs in the threads
+        starting = asyncio.ensure_future(core.start_kernel_process(kernel, loaded.manifest)) if kernel else None
         ref = loaded.ref
         grpc_server = None
         if settings.grpc_port:
@@ -95,7 +86,9 @@ def create_app(
             metrics.ready.set(0)
             if grpc_server is not None:  # uvicorn has drained HTTP; in-flight gRPC calls get the same grace
                 await grpc_server.stop(settings.graceful_shutdown_s)
-            core.close()
+            if starting is not None and not starting.done():
+                starting.cancel()
+            await anyio.to_thread.run_sync(core.close)  # waits for the kernel process to stop
             metrics.process_exiting()
 
     app = McServe(

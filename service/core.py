@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -36,10 +37,11 @@ from .batching import BatchStats, MicroBatcher
 from .engine import Engine, resolve_device
 from .inference import MCResult
 from .mcbatch import MCScheduler
-from .mcprocess import KernelProcess, wanted
+from .mcprocess import KernelProcess, KernelProcessError, wanted
 from .metrics import MCSummary, Metrics
 from .sets import SetAnswer, SetRequest, answer
 
+log = logging.getLogger("service")
 T = TypeVar("T")
 SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63 (torch.Generator.manual_seed takes any 64-bit value)
 
@@ -66,6 +68,8 @@ class Core:
         self.auth = auth or Authenticator(None)
         self.settings = s = engine.settings
         self._decoder: ThreadPoolExecutor | None = None
+        self._kernel: KernelProcess | None = None
+        self._kernel_starting = False
         self.mc = MCScheduler(
             lambda: engine.loaded.model,
             lambda: engine.loaded.device,
@@ -88,6 +92,29 @@ class Core:
     @property
     def ready(self) -> bool:
         return self.engine.ready
+
+    @property
+    def kernel_state(self) -> str:
+        """Where MC kernel calls run: ``process``, ``starting`` (its process is loading) or ``threads``."""
+        if self.mc.process is not None:
+            return "process"
+        return "starting" if self._kernel is not None and self._kernel_starting else "threads"
+
+    async def start_kernel_process(self, kernel: KernelProcess, manifest: dict[str, Any]) -> None:
+        """Start ``kernel`` (seconds: it imports torch and loads the artifact) and hand it the MC calls once it has
+        loaded the artifact this process serves; until then, and if it cannot start, they run in the threads."""
+        self._kernel = kernel  # closed with the rest, started or not
+        self._kernel_starting = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, kernel.start)
+            kernel.expect(manifest)
+        except KernelProcessError as exc:
+            log.error("%s; the MC kernel keeps running in this process's threads", exc.message)
+            return
+        finally:
+            self._kernel_starting = False
+        self.mc.use_process(kernel)
+        log.info("MC kernel calls now run in process %s", kernel.pid)
 
     def kernel_process(self) -> KernelProcess | None:
         """The child process the CPU MC kernel runs in (not started), or None (``MCSERVE_MC_PROCESS``)."""
@@ -208,6 +235,8 @@ class Core:
     def close(self) -> None:
         """Stop the MC and decode worker threads (the lifespan's end)."""
         self.mc.close()
+        if self._kernel is not None:
+            self._kernel.close()  # idempotent; the scheduler closed it if it was in use
         if self._decoder is not None:
             self._decoder.shutdown(wait=False, cancel_futures=True)
             self._decoder = None

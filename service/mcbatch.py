@@ -46,6 +46,8 @@ from .mcrequest import Accumulator
 from .mcweights import Weights, weights_of
 from .metrics import Metrics
 
+LOCAL_ROWS = 4 * PASS_BLOCK  # with the kernel process: the largest call an idle scheduler runs in its own thread
+
 # (result, seconds computing, seconds queued) -> what the caller gets; runs in the worker thread
 Finish = Callable[[MCResult, float, float], Any]
 
@@ -228,11 +230,25 @@ class MCScheduler:
                 self._set_queued(-rows)
                 self._jobs.remove(job)  # least recently served goes last
                 self._jobs.append(job)
+            here = self._runs_here(picks)
             self._running += 1
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self.max_calls, thread_name_prefix="mcserve-mc")
-            call = loop.run_in_executor(self._executor, self._call, picks)
+            call = loop.run_in_executor(self._executor, self._call, picks, here)
             call.add_done_callback(functools.partial(self._done, picks))
+
+    def _runs_here(self, picks: list[tuple[_Job, int, int]]) -> bool:
+        """Whether a call runs in this process's worker thread rather than in the kernel process: always without
+        one; with one, only a small call (at most ``LOCAL_ROWS``) on an idle scheduler whose jobs all finish in it.
+        An idle server then answers a lone request without the round trip through the child (waking an idle
+        process on another core), and a busy one sends every call there; a job's partial sums live where its
+        first tiles ran, so a job that needs more calls always goes to the child."""
+        if self.process is None:
+            return True
+        if self._running or any(job.sent for job, _, _ in picks):
+            return False
+        rows = sum(job.rows(first, count) for job, first, count in picks)
+        return rows <= LOCAL_ROWS and all(first + count == job.tiles for job, first, count in picks)
 
     def _budget(self) -> int:
         """Rows for the next call: ``max_rows``; with the kernel process, the waiting work shared among the free
@@ -241,7 +257,10 @@ class MCScheduler:
         process answers). Smaller calls keep both busy: this one finishes a call while the child runs the next."""
         if self.process is None:
             return self.max_rows
-        waiting = sum(job.work for job in self._jobs if not job.busy and not job.cancelled)
+        ready = [job for job in self._jobs if not job.busy and not job.cancelled]
+        if len(ready) < 2:  # one job is in one call at a time: cutting it smaller only adds round trips
+            return self.max_rows
+        waiting = sum(job.work for job in ready)
         free = self.max_calls - self._running
         return max(1, min(self.max_rows, -(-waiting // free)))
 
@@ -267,8 +286,9 @@ class MCScheduler:
             pick[2] = q - pick[1]
         return [(p[0], p[1], p[2]) for p in picks]
 
-    def _call(self, picks: list[tuple[_Job, int, int]]) -> None:
-        """One kernel call, in a worker thread; finished jobs are finished here too (``finish`` encodes)."""
+    def _call(self, picks: list[tuple[_Job, int, int]], here: bool = True) -> None:
+        """One kernel call, in a worker thread; finished jobs are finished here too (``finish`` encodes). ``here``
+        False: its tiles are computed in the kernel process."""
         start = time.perf_counter()
         model = self._model()
         if picks[0][0].whole:  # the torch kernel, the whole job at once (one job per call)
@@ -276,7 +296,7 @@ class MCScheduler:
             gen = torch.Generator(device=self._device()).manual_seed(job.seed)
             self._complete(job, lambda: mc_predict_torch(model, torch.from_numpy(job.x), job.n_samples, gen), start)
             return
-        if self.process is not None:
+        if self.process is not None and not here:
             self._call_process(self.process, picks)
             return
         tiles: list[Tile] = []

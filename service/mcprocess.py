@@ -182,6 +182,7 @@ class KernelProcess:
         self._proc: Any = None
         self._conn: Any = None
         self.generation = 0  # bumped by each start: a job's state lives in the child of one generation
+        self.calls = 0  # calls sent (to every generation)
         self._closed = False
 
     @property
@@ -204,6 +205,8 @@ class KernelProcess:
             )
 
     def _start_locked(self) -> None:
+        if self._closed:
+            raise KernelProcessError("the service is shutting down")
         ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads and torch state
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_child, args=(child, *self._args), name="mcserve-kernel", daemon=True)
@@ -246,6 +249,7 @@ class KernelProcess:
                     self._on_restart()
             conn, generation = self._conn, self.generation
             self._pending.append(future)
+            self.calls += 1
             try:
                 conn.send((calls, forget))
             except (OSError, ValueError) as exc:  # a dead pipe: the reader fails the other waiting calls

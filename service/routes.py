@@ -97,7 +97,7 @@ async def predict_uncertainty(body: UncertaintyRequest, core: CoreDep) -> dict[s
     return await core.uncertainty(x.numpy(), n, body.seed, "rest", encode, sets)
 
 
-@router.get("/livez", response_model=Status, summary="Liveness: the process is up")
+@router.get("/livez", response_model=Status, response_model_exclude_none=True, summary="Liveness: the process is up")
 async def livez() -> dict[str, str]:
     return {"status": "alive"}
 
@@ -111,7 +111,7 @@ async def livez() -> dict[str, str]:
 async def readyz(request: Request) -> Any:
     if not request.app.state.engine.ready:
         return error_response(503, "not_ready", "the model is not loaded and warmed up yet")
-    return {"status": "ready"}
+    return {"status": "ready", "mc_kernel": request.app.state.core.kernel_state}
 
 
 _INFO_EXAMPLE = {

@@ -182,9 +182,14 @@ class UncertaintyResponse(BaseModel):
 
 
 class Status(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready"}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready", "mc_kernel": "process"}]})
 
     status: str
+    mc_kernel: str | None = Field(
+        default=None,
+        description="/readyz: where MC kernel calls run: `process` (MCSERVE_MC_PROCESS), `starting` (its process is "
+        "loading; the threads answer meanwhile) or `threads`",
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -85,6 +85,23 @@ def test_answers_from_the_kernel_process_are_bit_identical_to_each_request_alone
     assert mc.queued_work == 0 and not mc._jobs
 
 
+def test_an_idle_scheduler_runs_a_small_request_in_its_own_thread_and_a_busy_one_sends_calls_to_the_child(
+    engine: Engine, process: KernelProcess, test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    pixels = test_images[0].astype(np.float32)
+    mc, _ = scheduler(engine, process)
+    before = process.calls
+    alone = asyncio.run(mc.submit(pixels[:1], 100, 4, "rest", keep))  # 100 rows, nothing else running
+    assert process.calls == before and same(alone, mc_tiled(engine.loaded.model, pixels[:1], 100, 4))
+
+    async def main() -> list[MCResult]:
+        return await asyncio.gather(*(mc.submit(pixels[k : k + 1], 100, 4, "rest", keep) for k in range(32)))
+
+    answers = asyncio.run(main())
+    assert process.calls > before  # while one call ran here, the next went to the child
+    assert same(answers[0], alone)
+
+
 def test_the_childs_call_handler_finishes_a_request_split_over_calls_and_forgets_on_request(
     engine: Engine, test_images: tuple[np.ndarray, np.ndarray]
 ) -> None:
@@ -120,11 +137,11 @@ def test_a_killed_kernel_process_fails_what_it_held_with_503_and_the_next_reques
             lost: BaseException | MCResult = await big
         except KernelProcessError as exc:
             lost = exc
-        return lost, await mc.submit(pixels[:1], 100, 5, "rest", keep)
+        return lost, await mc.submit(pixels[:8], 300, 5, "rest", keep)  # 8 calls: the child computes it
 
     lost, after = asyncio.run(main())
     assert isinstance(lost, KernelProcessError) and lost.status == 503 and "retry" in lost.message
-    assert same(after, mc_tiled(engine.loaded.model, pixels[:1], 100, 5))  # the new child answers exactly
+    assert same(after, mc_tiled(engine.loaded.model, pixels[:8], 300, 5))  # the new child answers exactly
     assert process.generation == before + 1 and process.pid != pid
     assert len(process.restarts) == 1  # type: ignore[attr-defined]
 
@@ -155,14 +172,21 @@ def test_auto_runs_the_kernel_process_with_two_cpus_per_worker_and_never_on_cuda
 def test_the_app_answers_the_same_with_the_kernel_process_and_stops_it_at_shutdown(
     trained_artifact: Path, make_settings: Callable[..., Settings], test_images: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    body = {"images": test_images[0][:3].tolist(), "n_samples": 150, "seed": 9}
+    body = {"images": test_images[0][:3].tolist(), "n_samples": 300, "seed": 9}  # 900 rows: over LOCAL_ROWS
     answers = {}
     for mode in ("on", "off"):
         with TestClient(create_app(make_settings(trained_artifact, mc_process=mode))) as client:
-            kernel = client.app.state.core.mc.process  # type: ignore[attr-defined]
+            core = client.app.state.core  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 60
+            while mode == "on" and core.mc.process is None and time.monotonic() < deadline:
+                time.sleep(0.05)  # it starts in the background; meanwhile the threads answer
+            kernel = core.mc.process
             assert (kernel is not None) == (mode == "on")
+            assert client.get("/readyz").json()["mc_kernel"] == ("process" if mode == "on" else "threads")
+            calls = kernel.calls if kernel is not None else 0
             response = client.post("/predict/uncertainty", json=body)
             assert response.status_code == 200, response.text
+            assert kernel is None or kernel.calls == calls + 1  # computed in the child
             answers[mode] = response.json()["predictions"]
             if kernel is not None:
                 metrics = client.get("/metrics").text

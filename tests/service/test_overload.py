@@ -85,7 +85,8 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         if proc.poll() is not None:
             raise RuntimeError(f"service exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            ready = httpx.get(f"{url}/readyz", timeout=2)
+            if ready.status_code == 200 and ready.json().get("mc_kernel") != "starting":  # its memory counts too
                 return
         except httpx.HTTPError:
             pass
