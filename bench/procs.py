@@ -48,11 +48,11 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
         return None
 
 
-def ready_status(url: str, timeout: float = 2.0) -> int | None:
-    """``http_status`` of ``url``; for ``tcp://HOST:PORT`` (a gRPC-only server) 200 once the port accepts. A
-    ``/readyz`` that says ``"mc_kernel": "starting"`` counts as 503: mcserve answers meanwhile, but measurements
-    wait for its MC kernel process."""
-    if url.endswith("/readyz"):
+def ready_status(url: str, timeout: float = 2.0, full_speed: bool = True) -> int | None:
+    """``http_status`` of ``url``; for ``tcp://HOST:PORT`` (a gRPC-only server) 200 once the port accepts. With
+    ``full_speed``, a ``/readyz`` that says ``"mc_kernel": "starting"`` counts as 503: mcserve answers meanwhile,
+    but measurements wait for its MC kernel process."""
+    if full_speed and url.endswith("/readyz"):
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:
                 body = json.loads(resp.read() or b"{}")
@@ -157,8 +157,10 @@ def serve(
     log_dir: Path,
     timeout_s: float = 120.0,
     cwd: Path | None = None,
+    full_speed: bool = True,
 ) -> Iterator[Server]:
-    """Run ``cmd`` until ``ready_url`` answers 200 (``tcp://HOST:PORT``: accepts a connection), yield it, then stop it.
+    """Run ``cmd`` until ``ready_url`` answers 200 (``tcp://HOST:PORT``: accepts a connection; ``full_speed``: see
+    :func:`ready_status`), yield it, then stop it.
 
     Raises RuntimeError with the log's tail when the process dies or never gets ready.
     """
@@ -170,7 +172,7 @@ def serve(
             list(cmd), stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True
         )
         try:
-            while ready_status(ready_url) != 200:
+            while ready_status(ready_url, full_speed=full_speed) != 200:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode} before ready: {log_tail(log_path)}")
                 if time.perf_counter() - start > timeout_s:
