@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import artifact, procs
+from bench import artifact, mcrounds, procs
 from bench.checks import Check, check_json_object, check_mc_predictions, check_predictions, check_v2_mc
 from bench.loadgen import run_wrk
 from bench.mcclaims import MC_SAMPLES, ab_summary, mc_derived, mc_kernel_cost
@@ -398,7 +398,11 @@ def run(
             _bench_server(spec, env, (duration_s, mc_duration_s), work, out)
         if ab and (not only or "mc_batch_ab" in only):
             mc_batch_ab(env, image, workers, out)
+        if ab and (not only or "mc_rounds" in only):  # the MC servers at once, interleaved rounds at c = 64
+            out.update(mcrounds.run(_specs(model_dir, image, workers, work), env, work, LOG_DIR, _post_ok))
     out.update(mc_derived(out))
+    us, median = out.get("mc_kernel_us_per_image_b32_t100"), out.get("mc_rounds_rps_c64_median")
+    out["mc_rounds_efficiency_c64"] = median * us / 1e6 if median is not None and us is not None else None
     out["conditions"] = {
         "load_generator": "wrk -t1 (one thread), Lua script posting one fixed JSON body, --timeout 10s",
         "duration_s_per_run": duration_s,
@@ -422,6 +426,9 @@ def run(
         "torch.set_num_threads(1) (numpy's BLAS: mc_kernel_numpy_blas_threads), glibc keep-freed-buffers as "
         "the service sets it; median of bench.timing.time_call",
         "mc_efficiency": "req/s at c=64 x mc_kernel_us_per_image_b32_t100 / 1e6",
+        "mc_rounds": f"mcserve, the MC floor and the MC peers all running; {mcrounds.MC_ROUNDS} rounds of wrk at c=64 "
+        f"for {mcrounds.ROUND_S:g} s on each MC endpoint in turn (order rotating by one per round); ratios per round, "
+        "then their median (mc_rounds_efficiency_c64: the median mcserve req/s x the kernel's us per image / 1e6)",
         "mc_batch_ab": f"two mcserve servers side by side, MCSERVE_MC_BATCH=true and false; {AB_ROUNDS} rounds, each "
         f"running wrk at c=1 for {AB_ROUND_S:g} s on each (the side going first alternates), after "
         f"{AB_WARMUP_S:g} s of warm-up on each; p99 = median over rounds of each round's wrk p99",

@@ -113,7 +113,12 @@ def render(results: dict[str, Any], plot_name: str) -> str:
         date=m.get("date", "?"),
         machine=f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('platform', '?')}, "
         f"Python {m.get('python', '?')}",
-        command=m.get("command", "?"),
+        command=m.get("command", "?")
+        + (
+            f"`, then its HTTP section again ({m['http_section_rerun']}): `python -m bench http"
+            if m.get("http_section_rerun")
+            else ""
+        ),
         load=load_note,
         headline=headline(sec),
         kernel_table=kernel_table(sec["kernel"]),

@@ -188,6 +188,14 @@ def headline(sec: dict[str, dict[str, Any]]) -> str:
             section=h,
         ),
         _row(mc_name, mc_value, ">=", 5.0, h),
+        _row(
+            "`/predict/uncertainty` (T=100) req/s ÷ the best MC peer of the same round, c=64: median of interleaved "
+            "rounds with every MC server up (the drift-free form of the row above)",
+            h.get("mc_rounds_vs_best_peer_c64_median"),
+            ">=",
+            5.0,
+            h,
+        ),
         (
             "MC HTTP efficiency, c=64: `/predict/uncertainty` req/s × kernel µs/image (B=32, T=100) ÷ 10^6",
             eff if h else "not run",
@@ -200,6 +208,19 @@ def headline(sec: dict[str, dict[str, Any]]) -> str:
             section=h,
         ),
         _row("`/predict/uncertainty` req/s ÷ MC floor, c=64 (context)", h.get("mc_vs_floor_c64"), section=h),
+        (
+            "MC HTTP efficiency, c=64, median mcserve req/s of the interleaved rounds × kernel µs/image ÷ 10^6",
+            _number(h.get("mc_rounds_efficiency_c64")) if h else "not run",
+            eff_text,
+            _check(_number(h.get("mc_rounds_efficiency_c64")), ">=", eff_target) if h else "not run",
+        ),
+        _row(
+            "`/predict/uncertainty` req/s ÷ MC floor of the same round, c=64: median of interleaved rounds",
+            h.get("mc_rounds_vs_floor_c64_median"),
+            ">=",
+            0.8,
+            h,
+        ),
         _row(
             f"`/predict/uncertainty` (T=100) req/s ÷ the best MC peer ({hc.get('mc_best_peer_c64') or '?'}), c=64, "
             f"with {workers} server processes (a worker per core) for every server that takes a worker count",
@@ -409,7 +430,30 @@ def mc_table(h: dict[str, Any], with_ab: bool = True) -> str:
     if isinstance(setting, str) and setting != "recognised":
         ab += f" (`MCSERVE_MC_BATCH` {setting})"
     lines.append(f"MC batching A/B at c=1 (`MCSERVE_MC_BATCH` true vs false, interleaved): {ab}.")
+    lines += ["", rounds_text(h)]
     return "\n".join(lines)
+
+
+def rounds_text(h: dict[str, Any]) -> str:
+    """The interleaved MC rounds (``bench.mcrounds``): every round's req/s per server, the per-round ratios."""
+    if h.get("mc_rounds_error"):
+        return f"Interleaved MC rounds could not run: `{' '.join(str(h['mc_rounds_error']).split())[:400]}`."
+    rps = h.get("mc_rounds_rps_c64")
+    if not isinstance(rps, dict) or not rps:
+        return "Interleaved MC rounds: not run."
+    names = {key: name for name, key in MC_SERVERS}
+
+    def series(values: Any) -> str:
+        return ", ".join(fmt(v, 2 if isinstance(v, float) and v < 100 else 0) for v in values or [])
+
+    per_server = "; ".join(f"{names.get(label, label)} {series(values)}" for label, values in rps.items())
+    return (
+        f"Interleaved MC rounds (every MC server up at once, wrk c=64 on each in turn, the order rotating; req/s per "
+        f"round): {per_server}. mcserve ÷ the round's best peer: {series(h.get('mc_rounds_vs_best_peer_c64'))} "
+        f"(median {fmt(h.get('mc_rounds_vs_best_peer_c64_median'), 2)}); ÷ the round's floor: "
+        f"{series(h.get('mc_rounds_vs_floor_c64'))} (median {fmt(h.get('mc_rounds_vs_floor_c64_median'), 2)}); "
+        f"efficiency at the median mcserve req/s: {fmt(h.get('mc_rounds_efficiency_c64'), 2)}."
+    )
 
 
 def train_table(t: dict[str, Any]) -> str:

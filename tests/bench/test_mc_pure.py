@@ -288,3 +288,23 @@ def test_mc_table_and_http_rows_for_a_peer_that_could_not_run() -> None:
     failed = mc_table({"uncertainty_t100_batch_ab_error": "RuntimeError: no start", "mc_kernel_error": "x"})
     assert "could not run: `RuntimeError: no start`" in failed and "not measured (x)" in failed
     assert mc_table({}) == "_HTTP benchmark not run_"
+
+
+def test_mc_rounds_ratios_are_per_round_against_that_rounds_best_peer_and_their_median() -> None:
+    from bench import mcrounds
+
+    rps = {
+        "uncertainty_t100": [2000.0, 2500.0, 2200.0],
+        "mc_floor": [3000.0, 2500.0, 0.0],  # a round whose floor failed (0) has no floor ratio
+        "litserve_mc_t100": [400.0, 500.0, 450.0],
+        "torchserve_mc_t100": [420.0, 380.0, 500.0],
+        "triton_mc_t100": [300.0, 390.0, 410.0],
+    }
+    out = mcrounds.summarise(rps)
+    assert out["mc_rounds_vs_best_peer_c64"] == [2000 / 420, 2500 / 500, 2200 / 500]
+    assert out["mc_rounds_vs_best_peer_c64_median"] == 2000 / 420  # the middle of 4.76, 5.0, 4.4
+    assert (
+        out["mc_rounds_vs_floor_c64"] == [2000 / 3000, 1.0]
+        and out["mc_rounds_vs_floor_c64_median"] == (2000 / 3000 + 1.0) / 2
+    )
+    assert out["mc_rounds_rps_c64_median"] == 2200.0 and out["mc_rounds_error"] is None
