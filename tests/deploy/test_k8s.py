@@ -29,8 +29,8 @@ import copy
 import json
 import math
 import re
-import statistics
 import shutil
+import statistics
 import subprocess
 import sys
 import zipfile
