@@ -30,7 +30,6 @@ import itertools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,56 +38,13 @@ import torch
 from mcnet import DropoutMLP
 
 from .admission import Admission, Reservation
-from .inference import MCResult, mc_predict_torch
-from .mckernel import PASS_BLOCK, Prepared, Tile, blocks_for, prepare, prepare_many, run_tiles
-from .mcprocess import KernelProcess, KernelProcessError
-from .mcrequest import Accumulator
-from .mcweights import Weights, weights_of
+from .mccall import Finish, run_here, run_in_process
+from .mccall import Job as _Job
+from .mckernel import PASS_BLOCK, blocks_for
+from .mcprocess import KernelProcess
 from .metrics import Metrics
 
 LOCAL_ROWS = 4 * PASS_BLOCK  # with the kernel process: the largest call an idle scheduler runs in its own thread
-
-# (result, seconds computing, seconds queued) -> what the caller gets; runs in the worker thread
-Finish = Callable[[MCResult, float, float], Any]
-
-
-@dataclass(eq=False)
-class _Job:
-    x: np.ndarray
-    n_samples: int
-    seed: int
-    protocol: str
-    finish: Finish
-    future: asyncio.Future[Any]
-    submitted: float  # perf_counter
-    tiles: int  # images x blocks; 1 when ``whole``
-    work: int  # passes x images not yet dispatched
-    whole: bool = False  # CUDA: the torch kernel computes the whole job in one call
-    cancelled: bool = False  # its caller went away: no further tiles are computed
-    next_tile: int = 0
-    busy: bool = False
-    started: float | None = None  # perf_counter of the first call that took a tile
-    compute_s: float = 0.0
-    timer: asyncio.TimerHandle | None = None
-    request: Prepared | None = None
-    acc: Accumulator | None = None
-    outcome: tuple[bool, Any] | None = field(default=None)  # (ok, value or exception), set in the worker
-    id: int = 0  # its name in the kernel process
-    sent: int = 0  # the kernel process generation that holds its state (0: none yet)
-
-    def tile_rows(self, q: int) -> int:
-        if self.whole:
-            return self.n_samples * len(self.x)
-        return min(PASS_BLOCK, self.n_samples - (q % blocks_for(self.n_samples)) * PASS_BLOCK)
-
-    def rows(self, first: int, count: int) -> int:
-        return sum(self.tile_rows(q) for q in range(first, first + count))
-
-
-def _from_arrays(answer: tuple[Any, ...]) -> MCResult:
-    """An :class:`MCResult` from the kernel process's answer: its six float32 arrays and ``n_samples``."""
-    mean, variance, std, predictive, expected, mutual = (torch.from_numpy(a) for a in answer[:6])
-    return MCResult(mean, variance, std, predictive, expected, mutual, int(answer[6]))
 
 
 class MCScheduler:
@@ -287,118 +243,13 @@ class MCScheduler:
         return [(p[0], p[1], p[2]) for p in picks]
 
     def _call(self, picks: list[tuple[_Job, int, int]], here: bool = True) -> None:
-        """One kernel call, in a worker thread; finished jobs are finished here too (``finish`` encodes). ``here``
-        False: its tiles are computed in the kernel process."""
-        start = time.perf_counter()
-        model = self._model()
-        if picks[0][0].whole:  # the torch kernel, the whole job at once (one job per call)
-            job = picks[0][0]
-            gen = torch.Generator(device=self._device()).manual_seed(job.seed)
-            self._complete(job, lambda: mc_predict_torch(model, torch.from_numpy(job.x), job.n_samples, gen), start)
-            return
+        """One kernel call, in a worker thread (``service.mccall``); ``here`` False: its tiles are computed in the
+        kernel process."""
         if self.process is not None and not here:
-            self._call_process(self.process, picks)
-            return
-        tiles: list[Tile] = []
-        live: list[tuple[_Job, int, int]] = []
-        weights = weights_of(model)  # once per call: checking the cached layouts costs tens of microseconds
-        self._prepare([job for job, _, _ in picks if job.request is None], model, weights)
-        for job, first, count in picks:
-            if job.request is None:  # its preparation failed (``outcome`` says why)
-                continue
-            nb = job.request.blocks
-            tiles.extend(Tile(job.request, q // nb, q % nb) for q in range(first, first + count))
-            live.append((job, first, count))
-        if not tiles:
-            return
-        try:
-            parts = run_tiles(model, tiles)
-        except Exception as exc:
-            for job, _, _ in live:
-                job.outcome = (False, exc)
-            return
-        seconds = time.perf_counter() - start
-        offset = 0
-        for job, first, count in live:
-            assert job.acc is not None
-            job.acc.put(first, parts, offset, offset + count)
-            offset += count
-            job.compute_s += seconds
-            if first + count == job.tiles:
-                acc = job.acc
-                self._complete(job, acc.result, None)
-
-    def _call_process(self, process: KernelProcess, picks: list[tuple[_Job, int, int]]) -> None:
-        """:meth:`_call` through the kernel process: the same tiles, computed there; finishing stays here. When the
-        child dies, the jobs whose partial sums it held fail (503, retry); the jobs this call started go again to
-        the next child (nothing of theirs was lost)."""
-        todo = list(picks)
-        for attempt in range(2):
-            calls, sent = [], []
-            for job, first, count in todo:
-                if job.sent and job.sent != process.generation:  # its partial sums died with an earlier child
-                    job.outcome = (
-                        False,
-                        KernelProcessError("the MC kernel process restarted during this request; retry"),
-                    )
-                    continue
-                calls.append((job.id, None if job.sent else job.x, job.n_samples, job.seed, first, count))
-                sent.append((job, first, count))
-            if not calls:
-                return
             forget, self._forget = self._forget, []
-            try:
-                answers, seconds, generation = process.call(calls, forget)
-            except KernelProcessError as exc:
-                todo = [pick for pick in sent if not pick[0].sent]
-                for job, _, _ in sent:
-                    if job.sent or attempt:
-                        job.outcome = (False, exc)
-                continue
-            except Exception as exc:
-                for job, _, _ in sent:
-                    job.outcome = (False, exc)
-                return
-            for (job, _, _), (job_id, answer) in zip(sent, answers, strict=True):
-                assert job_id == job.id
-                job.sent = generation
-                job.compute_s += seconds
-                if isinstance(answer, str):
-                    lost = answer.startswith("KernelProcessError")
-                    error = KernelProcessError(f"{answer}; retry") if lost else RuntimeError(f"MC kernel: {answer}")
-                    job.outcome = (False, error)
-                elif answer is not None:
-                    self._complete(job, functools.partial(_from_arrays, answer), None)
-            return
-
-    @staticmethod
-    def _prepare(jobs: list[_Job], model: DropoutMLP, weights: Weights) -> None:
-        """fc1 for the jobs starting in this call, together (``prepare_many``: the same numbers as each alone)."""
-        if not jobs:
-            return
-        try:
-            prepared = prepare_many(model, [(job.x, job.n_samples, job.seed) for job in jobs], weights)
-        except Exception:  # one request's own fault (e.g. its pixels): find it, fail it alone
-            for job in jobs:
-                try:
-                    job.request = prepare(model, job.x, job.n_samples, job.seed, weights)
-                    job.acc = Accumulator(job.request, weights.classes)
-                except Exception as exc:
-                    job.outcome = (False, exc)
-            return
-        for job, request in zip(jobs, prepared, strict=True):
-            job.request = request
-            job.acc = Accumulator(request, weights.classes)
-
-    def _complete(self, job: _Job, result: Callable[[], MCResult], start: float | None) -> None:
-        try:
-            mc = result()
-            if start is not None:
-                job.compute_s += time.perf_counter() - start
-            queued = (job.started or job.submitted) - job.submitted
-            job.outcome = (True, job.finish(mc, job.compute_s, queued))
-        except Exception as exc:
-            job.outcome = (False, exc)
+            run_in_process(self.process, picks, forget)
+        else:
+            run_here(self._model(), self._device(), picks)
 
     def _done(self, picks: list[tuple[_Job, int, int]], call: asyncio.Future[None]) -> None:
         self._running -= 1
