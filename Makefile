@@ -8,7 +8,9 @@ TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 
 STUBS       := service/v2/protos/inference_pb2_grpc.py
 
-install: $(VENV)/.installed $(STUBS)
+NATIVE      := service/native/libmckernel.so
+
+install: $(VENV)/.installed $(STUBS) $(NATIVE)
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	VENV=$(VENV) TORCH_SPEC="$(TORCH_SPEC)" bash scripts/install.sh
@@ -18,6 +20,10 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 $(STUBS): $(wildcard service/v2/protos/*.proto) service/v2/protogen.py | $(VENV)/.installed
 	$(PY) service/v2/protogen.py
 	touch $@
+
+# The C Monte Carlo kernel (git-ignored; scripts/install.sh builds it too): rebuilt when its source changes.
+$(NATIVE): service/native/mckernel.c service/native/build.py | $(VENV)/.installed
+	$(PY) service/native/build.py
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -65,4 +71,4 @@ scale-smoke: install
 	bash scripts/scale_smoke.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(NATIVE)

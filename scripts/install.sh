@@ -26,4 +26,12 @@ fi
 # The v2 gRPC stubs from service/v2/protos/*.proto (git-ignored, never edited). Run as a file, the way
 # `python -m service.v2.protogen` does it, but without importing the service package first.
 "$VENV/bin/python" service/v2/protogen.py
+# The C Monte Carlo kernel (service/native/libmckernel.so, git-ignored): needs a C compiler (Debian: gcc).
+if ! command -v "${CC:-cc}" >/dev/null; then
+  echo "install: apt packages: gcc libc6-dev (no C compiler)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends gcc libc6-dev
+fi
+"$VENV/bin/python" service/native/build.py
 echo "install: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = load_test_images(args.images)
     try:
         call(f"{base}/livez")
-        call(f"{base}/readyz")
+        ready = call(f"{base}/readyz")
+        if ready.get("mc_code") != "c":  # the image's nativegen stage built the C kernel; this CPU has AVX2 and FMA
+            raise SmokeError(f"/readyz: the MC kernel is not the C one: {ready}")
         info = call(f"{base}/info")
         accuracy = check_predict(base, images, labels, info["class_names"])
         share = check_uncertainty(base, images, args.n_samples)
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     model = info["model"]
     print(
-        f"smoke_requests: OK: model {model['name']} {model['version']}, /predict accuracy {accuracy:.2f} on "
+        f"smoke_requests: OK: model {model['name']} {model['version']}, MC kernel {ready['mc_code']} in "
+        f"{ready['mc_kernel']}, /predict accuracy {accuracy:.2f} on "
         f"{len(labels)} real test images, uncertain share {share:.2f}, {sets}, {requests} more requests for the "
         "dashboard"
     )

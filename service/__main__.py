@@ -109,6 +109,7 @@ def main() -> int:
     from mcnet import ArtifactError
 
     from .engine import DeviceError, Engine
+    from .mcnative import NativeKernelError
 
     problem = _grpc_port_problem(settings) or _keys_problem(settings) or _tls_problem(settings)
     if problem is not None:
@@ -121,7 +122,7 @@ def main() -> int:
     engine = Engine(settings)
     try:
         engine.load()
-    except (ArtifactError, DeviceError) as exc:
+    except (ArtifactError, DeviceError, NativeKernelError) as exc:
         return _fail(str(exc))
     except Exception as exc:  # e.g. CUDA initialisation failures: still one clear line, never a traceback
         return _fail(f"could not load the model from {settings.model_dir} ({type(exc).__name__}: {exc})")

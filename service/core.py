@@ -121,7 +121,10 @@ class Core:
         s = self.settings
         if not wanted(s.mc_process, resolve_device(s.device).type, s.workers):
             return None
-        return KernelProcess(s.model_dir, s.torch_threads, s.keep_freed_buffers, self.metrics.kernel_restarts.inc)
+        native = "on" if self.engine.mc_code == "c" else "off"  # the child runs the code this process chose
+        return KernelProcess(
+            s.model_dir, s.torch_threads, s.keep_freed_buffers, self.metrics.kernel_restarts.inc, mc_native=native
+        )
 
     def _on_batch(self, stats: BatchStats) -> None:
         self.metrics.record_batch(stats.requests, stats.images)

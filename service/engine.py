@@ -19,6 +19,7 @@ from mcnet import ArtifactError, DropoutMLP, load_artifact
 from mcnet.conformal import Conformal, load_conformal
 from mcnet.inputcheck import InputCheck, load_input_check
 
+from . import mcnative
 from .evalkernel import EvalKernel
 from .inference import mc_predict, predict_eval
 from .memory import keep_freed_buffers
@@ -82,6 +83,8 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._loaded: LoadedModel | None = None
+        self.mc_code = "unknown"  # which code computes MC dropout (load() decides): c, numpy or torch
+        self._mc_reason = ""
         self._lock = threading.Lock()
         self._limiter: anyio.CapacityLimiter | None = None
 
@@ -105,6 +108,7 @@ class Engine:
             if self.settings.keep_freed_buffers:
                 keep_freed_buffers()
             device = resolve_device(self.settings.device)
+            self.mc_code = self._choose_mc_kernel(device)
             start = time.perf_counter()
             model, manifest = load_artifact(self.settings.model_dir, device)
             if model.training:
@@ -117,11 +121,23 @@ class Engine:
             )
             self._warm_up(loaded)
             log.info(
-                "model %s version %s loaded on %s and warmed up in %.2fs",
-                manifest["name"], manifest["version"], device, time.perf_counter() - start,
+                "model %s version %s loaded on %s and warmed up in %.2fs; MC kernel: %s (%s)",
+                manifest["name"], manifest["version"], device, time.perf_counter() - start, self.mc_code,
+                self._mc_reason,
             )  # fmt: skip
+            if self.mc_code == "numpy" and self.settings.mc_native == "auto":
+                log.warning("the MC kernel runs in numpy, not C: %s", self._mc_reason)
             self._loaded = loaded
             return loaded
+
+    def _choose_mc_kernel(self, device: torch.device) -> str:
+        """Which code computes MC dropout here: ``c`` or ``numpy`` on CPU (``MCSERVE_MC_NATIVE``), ``torch`` on CUDA.
+        Raises NativeKernelError for ``on`` without the library, before anything is loaded."""
+        choice = mcnative.configure(self.settings.mc_native)
+        self._mc_reason = choice.reason
+        if device.type != "cpu":
+            return "torch"
+        return "c" if choice.native else "numpy"
 
     def unload(self) -> None:
         with self._lock:

@@ -36,6 +36,7 @@ import torch
 
 from mcnet import DropoutMLP
 
+from . import mcnative
 from .mcrandom import apply_row_mask, generator, tile_states
 from .mcweights import Weights, weights_of
 
@@ -95,6 +96,9 @@ class Prepared:
     units: np.ndarray  # (sum K,) int64, ascending within each image
     values: np.ndarray  # (sum K,) float32, the active values
     blocks: int  # tiles per image
+    bounds: tuple[int, ...] = ()  # ``offsets`` as Python ints (the C kernel's per-tile records)
+    units_address: int = 0  # where ``units`` / ``values`` start in memory (both C-contiguous)
+    values_address: int = 0
 
     def tile_passes(self, block: int) -> int:
         return min(PASS_BLOCK, self.n_samples - block * PASS_BLOCK)
@@ -133,23 +137,35 @@ def prepare_many(
     for (x, _, _), size in zip(requests, sizes, strict=True):
         pixels[row : row + size] = np.asarray(x, dtype=np.float32).reshape(size, -1)
         row += size
-    h1 = _scratch("h1", (total, width))
-    pixels_t, h1_t, fc1 = torch.from_numpy(pixels), torch.from_numpy(h1), w.fc1_t_torch
-    row = 0
-    for size in sizes:  # one product per request (MKL: faster than numpy's BLAS at these shapes)
-        torch.mm(pixels_t[row : row + size], fc1, out=h1_t[row : row + size])
-        row += size
-    h1 += w.fc1_bias
-    rows, units = np.nonzero(h1 > 0)  # row-major: ascending units within each image
-    values = h1[rows, units]
-    starts = np.zeros(total + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=total), out=starts[1:])
+    found = mcnative.prepare(pixels, w)  # the C kernel's fc1, when this process runs it
+    if found is None:
+        h1 = _scratch("h1", (total, width))
+        pixels_t, h1_t, fc1 = torch.from_numpy(pixels), torch.from_numpy(h1), w.fc1_t_torch
+        row = 0
+        for size in sizes:  # one product per request (MKL: faster than numpy's BLAS at these shapes)
+            torch.mm(pixels_t[row : row + size], fc1, out=h1_t[row : row + size])
+            row += size
+        h1 += w.fc1_bias
+        rows, units = np.nonzero(h1 > 0)  # row-major: ascending units within each image
+        units = np.ascontiguousarray(units)  # nonzero returns strided views of one (n, 2) array
+        values = h1[rows, units]
+        starts = np.zeros(total + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=total), out=starts[1:])
+        at_units = at_values = 0
+    else:
+        units, values, starts, at_units, at_values = found
     out: list[Prepared] = []
     row = 0
     for (_, n_samples, seed), size in zip(requests, sizes, strict=True):
         lo, hi = int(starts[row]), int(starts[row + size])
         offsets = starts[row : row + size + 1] - lo
-        out.append(Prepared(w, seed, n_samples, size, offsets, units[lo:hi], values[lo:hi], blocks_for(n_samples)))
+        u, v = units[lo:hi], values[lo:hi]
+        out.append(
+            Prepared(
+                w, seed, n_samples, size, offsets, u, v, blocks_for(n_samples),
+                tuple(offsets.tolist()), at_units + 8 * lo, at_values + 4 * lo,
+            )
+        )  # fmt: skip
         row += size
     return out
 
@@ -180,6 +196,9 @@ def run_tiles(model: DropoutMLP, tiles: list[Tile]) -> tuple[np.ndarray, np.ndar
     w = tiles[0].request.weights
     if any(t.request.weights is not w for t in tiles):
         raise ValueError("every tile of one call must come from the same model")
+    native = mcnative.run_tiles(w, tiles)  # the C kernel, when this process runs it (MCSERVE_MC_NATIVE)
+    if native is not None:
+        return native
     n = len(tiles)
     passes = [t.passes for t in tiles]
     order: list[int] | None = None

@@ -68,13 +68,16 @@ class KernelProcessError(ServiceError):
         super().__init__(503, "kernel_restarted", message, None)
 
 
-def _child(conn: Any, model_dir: str, threads: int, keep_freed: bool) -> None:
+def _child(conn: Any, model_dir: str, threads: int, keep_freed: bool, mc_native: str) -> None:
     """The child's main: load the artifact, say which it is, then answer calls until told to stop."""
     try:
         import torch
 
         from mcnet import load_artifact
 
+        from . import mcnative
+
+        mcnative.configure(mc_native)  # type: ignore[arg-type]  # "on" or "off": the parent's choice, never auto
         from .mcweights import weights_of
         from .memory import keep_freed_buffers
 
@@ -172,9 +175,20 @@ class KernelProcess:
     """One child process running kernel calls; :meth:`call` is thread-safe and blocks (run it in a worker thread)."""
 
     def __init__(
-        self, model_dir: Path, threads: int, keep_freed: bool, on_restart: Callable[[], None] | None = None
+        self,
+        model_dir: Path,
+        threads: int,
+        keep_freed: bool,
+        on_restart: Callable[[], None] | None = None,
+        mc_native: str | None = None,
     ) -> None:
-        self._args = (str(model_dir), threads, keep_freed)
+        """``mc_native``: ``on`` or ``off``, the MC kernel code the child must run; None: the one this process runs
+        (``service.mcnative``), so that both compute the same numbers."""
+        if mc_native is None:
+            from . import mcnative
+
+            mc_native = "on" if mcnative.choice().native else "off"
+        self._args = (str(model_dir), threads, keep_freed, mc_native)
         self.manifest: dict[str, Any] | None = None  # what the first child loaded; later ones must load the same
         self._on_restart = on_restart
         self._lock = threading.Lock()  # one sender at a time; replies come in send order

@@ -11,6 +11,7 @@ import torch
 
 from mcnet import DropoutMLP
 
+from . import mcnative
 from .inference import MCResult
 from .mckernel import Prepared, prepare, run_tiles, tiles_of
 
@@ -41,6 +42,13 @@ class Accumulator:
 def summarise(request: Prepared, sum_p: np.ndarray, sum_p2: np.ndarray, sum_h: np.ndarray) -> MCResult:
     """The per-image summaries from per-tile sums (image-major), blocks added in block order."""
     b, nb, t = request.images, request.blocks, request.n_samples
+    native = mcnative.summaries(sum_p, sum_p2, sum_h, b, nb, t)  # the C kernel's, when this process runs it
+    if native is not None:
+        c = sum_p.shape[1]
+        out = torch.from_numpy(native)
+        planes = out[: 3 * b * c].view(3, b, c)
+        lines = out[3 * b * c :].view(3, b)
+        return MCResult(planes[0], planes[1], planes[2], lines[0], lines[1], lines[2], t)
     if nb == 1:
         sp, sp2, sh = sum_p, sum_p2, sum_h
     else:

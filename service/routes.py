@@ -111,7 +111,8 @@ async def livez() -> dict[str, str]:
 async def readyz(request: Request) -> Any:
     if not request.app.state.engine.ready:
         return error_response(503, "not_ready", "the model is not loaded and warmed up yet")
-    return {"status": "ready", "mc_kernel": request.app.state.core.kernel_state}
+    core = request.app.state.core
+    return {"status": "ready", "mc_kernel": core.kernel_state, "mc_code": core.engine.mc_code}
 
 
 _INFO_EXAMPLE = {

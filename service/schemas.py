@@ -182,13 +182,20 @@ class UncertaintyResponse(BaseModel):
 
 
 class Status(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready", "mc_kernel": "process"}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ready", "mc_kernel": "process", "mc_code": "c"}]}
+    )
 
     status: str
     mc_kernel: str | None = Field(
         default=None,
         description="/readyz: where MC kernel calls run: `process` (MCSERVE_MC_PROCESS), `starting` (its process is "
         "loading; the threads answer meanwhile) or `threads`",
+    )
+    mc_code: str | None = Field(
+        default=None,
+        description="/readyz: the code that computes MC dropout: `c` (the C kernel, MCSERVE_MC_NATIVE), `numpy` or "
+        "`torch` (CUDA)",
     )
 
 

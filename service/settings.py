@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="run the CPU Monte Carlo kernel in a child process beside the event loop (the same numbers); "
         "auto = on when each worker has at least 2 CPUs (affinity and cgroup quota); ignored on CUDA",
     )
+    mc_native: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="the CPU Monte Carlo kernel in C (service/native, built by `make install`; needs AVX2 and FMA): "
+        "auto = when it is built and the CPU has them, else numpy (logged); on = refuse to start without it; off = "
+        "numpy. Seeded answers differ between the two in the last digits",
+    )
     mc_batch: bool = Field(
         default=True,
         description="cross-request MC batching: concurrent uncertainty requests share kernel calls (a seeded answer "

@@ -36,7 +36,10 @@ def _png_b64(array: np.ndarray, mode: str = "L") -> str:
 def _make_settings(model_dir: Path, **overrides: Any) -> Settings:
     # The MC kernel runs in the app's own threads here (a kernel process per test app would cost seconds each);
     # test_mcprocess.py runs it in its process, and the real servers of the e2e and v2 tests use their defaults.
-    values: dict[str, Any] = {"model_dir": model_dir, "device": "cpu", "default_samples": 20, "mc_process": "off"}
+    # The C MC kernel must be built (make install): "on" fails loudly when it is not.
+    values: dict[str, Any] = {
+        "model_dir": model_dir, "device": "cpu", "default_samples": 20, "mc_process": "off", "mc_native": "on",
+    }  # fmt: skip
     values |= overrides
     return Settings(**values)
 

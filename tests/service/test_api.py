@@ -128,7 +128,8 @@ def test_predict_does_not_leave_dropout_on(client: TestClient, test_images: Imag
 
 def test_livez_readyz_and_info(client: TestClient, trained_artifact: Path) -> None:
     assert client.get("/livez").json() == {"status": "alive"}
-    assert client.get("/readyz").json() == {"status": "ready", "mc_kernel": "threads"}  # MCSERVE_MC_PROCESS=off here
+    ready = client.get("/readyz").json()
+    assert ready == {"status": "ready", "mc_kernel": "threads", "mc_code": "c"}  # MCSERVE_MC_PROCESS=off here
     info = client.get("/info").json()
     manifest = read_manifest(trained_artifact)
     assert info["model"]["sha256"] == manifest["weights"]["sha256"]

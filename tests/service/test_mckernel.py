@@ -1,9 +1,11 @@
 """The tiled MC kernel: a seeded request's answer is bit-identical alone and in any company, however its tiles are
-spread over kernel calls; its random streams are the documented ones."""
+spread over kernel calls; its random streams are the documented ones. Every test runs with both codes of the kernel:
+the C one (``service.mcnative``, built by ``make install``) and the numpy one."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcnet import Architecture, DropoutMLP, load_artifact
+from service import mcnative
 from service.inference import MCResult, _plan
 from service.mckernel import PASS_BLOCK, prepare, run_tiles, tiles_of
 from service.mcrandom import lane_layout, splitmix64, tile_states
@@ -20,6 +23,14 @@ from service.mcrequest import Accumulator, mc_tiled
 from service.mcweights import weights_of
 
 FIELDS = ("mean_probs", "variance", "std", "predictive_entropy", "expected_entropy", "mutual_information")
+
+
+@pytest.fixture(autouse=True, params=["on", "off"], ids=["c", "numpy"])
+def code(request: pytest.FixtureRequest) -> Iterator[mcnative.Choice]:
+    """MCSERVE_MC_NATIVE for this test: ``on`` fails loudly when the C kernel is not built."""
+    choice = mcnative.configure(request.param)
+    yield choice
+    mcnative.configure("auto")
 
 
 @pytest.fixture(scope="module")
