@@ -118,6 +118,7 @@ def run(quick: bool, threads: int, model_dir: Path | None, chunk_size: int) -> d
     out["service_kernel_error"] = service_error
     out["eval_predict_source"] = "service.inference.predict_eval" if predict_eval else f"fallback ({eval_error})"
     out["conditions"] = {
+        "service_kernel_code": _kernel_code(),
         "torch_threads": threads,
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
@@ -132,6 +133,16 @@ def run(quick: bool, threads: int, model_dir: Path | None, chunk_size: int) -> d
     }
     out["matrix"] = matrix
     return out
+
+
+def _kernel_code() -> str:
+    """Which code ``service_kernel`` ran: the C kernel or numpy (``service.mcnative``, MCSERVE_MC_NATIVE=auto)."""
+    try:
+        from service import mcnative
+    except ImportError as exc:
+        return f"unknown ({exc})"
+    choice = mcnative.choice()
+    return f"{choice.name} ({choice.reason})"
 
 
 def keep_freed_buffers_if_available() -> bool:

@@ -64,12 +64,19 @@ def mc_kernel_cost(model_dir: Path, quick: bool) -> dict[str, Any]:
             "mc_kernel_error": None,
             "mc_kernel_images": images_note,
             "mc_kernel_numpy_blas_threads": blas,
+            "mc_kernel_code": _kernel_code(),
         }
     except Exception as exc:
         print(f"bench http: MC kernel timing failed: {_reason(exc)[:300]}", flush=True)
         return {"mc_kernel_us_per_image_b32_t100": None, "mc_kernel_error": _reason(exc)}
     finally:
         torch.set_num_threads(threads)
+
+
+def _kernel_code() -> str:
+    from service import mcnative
+
+    return mcnative.choice().name
 
 
 def ab_summary(p99s: dict[str, list[float]]) -> dict[str, float | None]:

@@ -4,7 +4,7 @@ The C kernel computes what the numpy kernel (``service.mckernel``) computes, til
 words and the same dropped units; only the rounding of the sums differs (a few float32 ulps), because it adds the
 kept rows one by one where the numpy kernel runs an MKL GEMM. Why: at small batches the numpy kernel is mostly
 Python and numpy call overhead (some 50 calls per kernel call), and its GEMMs multiply the dropped units by 0
-instead of skipping them. The C call releases the GIL.
+instead of skipping them. Long C calls release the GIL.
 
 Which kernel a process runs is chosen once, by :func:`configure` (the service's startup, the kernel process, the
 benchmarks), before any call: ``auto`` takes the C kernel when the library is built and the CPU has AVX2 and FMA,
@@ -64,7 +64,7 @@ class Choice:
 
 _LOCK = threading.Lock()
 _CHOICE: Choice | None = None
-_LIB: Any = None
+_LIB: _Library | None = None
 
 
 def _cpu_problem() -> str | None:
@@ -77,7 +77,21 @@ def _cpu_problem() -> str | None:
     return f"the CPU lacks {', '.join(missing)}" if missing else None
 
 
-def _load() -> tuple[Any, str | None]:
+@dataclass(frozen=True)
+class _Library:
+    """The library's functions twice: ``free`` releases the GIL while C runs (ctypes.CDLL), ``held`` keeps it
+    (ctypes.PyDLL). A call shorter than a GIL hand-over runs ``held``: a thread that gives the GIL away waits up to
+    the switch interval (1 ms in the server) to get it back from a busy event loop."""
+
+    free: Any
+    held: Any
+
+
+_HELD_ROWS = 512  # kernel calls of at most this many passes (~0.2 ms) keep the GIL
+_HELD_IMAGES = 8  # fc1 for at most this many images (~0.1 ms) keeps it
+
+
+def _load() -> tuple[_Library | None, str | None]:
     """The library with its functions declared, or (None, why not)."""
     problem = _cpu_problem()
     if problem:
@@ -85,20 +99,21 @@ def _load() -> tuple[Any, str | None]:
     if not LIBRARY.is_file():
         return None, f"{LIBRARY} is not built (`make install`, or `python service/native/build.py`; needs a C compiler)"
     try:
-        lib = ctypes.CDLL(str(LIBRARY))
+        free, held = ctypes.CDLL(str(LIBRARY)), ctypes.PyDLL(str(LIBRARY))
     except OSError as exc:
         return None, f"cannot load {LIBRARY}: {exc}; rebuild it with `python service/native/build.py`"
     p, i = ctypes.c_void_p, ctypes.c_int64  # addresses, sizes
-    lib.mc_run_tiles.restype = ctypes.c_int
-    lib.mc_run_tiles.argtypes = [p, p, i, p, p, p]
-    lib.mc_prepare.restype = i
-    lib.mc_prepare.argtypes = [p, p, p, i, i, i, p, p, p, p]
-    lib.mc_summarise.restype = None
-    lib.mc_summarise.argtypes = [p, p, p, i, i, i, i, p]
-    lib.mc_sizeof_net.restype = lib.mc_sizeof_tile.restype = ctypes.c_int64
-    if lib.mc_sizeof_net() != ctypes.sizeof(_Net) or lib.mc_sizeof_tile() != _TILE.itemsize:
+    for lib in (free, held):
+        lib.mc_run_tiles.restype = ctypes.c_int
+        lib.mc_run_tiles.argtypes = [p, p, i, p, p, p]
+        lib.mc_prepare.restype = i
+        lib.mc_prepare.argtypes = [p, p, p, i, i, i, p, p, p, p]
+        lib.mc_summarise.restype = None
+        lib.mc_summarise.argtypes = [p, p, p, i, i, i, i, p]
+        lib.mc_sizeof_net.restype = lib.mc_sizeof_tile.restype = i
+    if free.mc_sizeof_net() != ctypes.sizeof(_Net) or free.mc_sizeof_tile() != _TILE.itemsize:
         return None, f"{LIBRARY} was built from another version of mckernel.c; rebuild it"
-    return lib, None
+    return _Library(free, held), None
 
 
 def configure(mode: Mode) -> Choice:
@@ -155,7 +170,7 @@ def address(array: np.ndarray) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(array))  # type: ignore[arg-type]  # numpy exports buffers
 
 
-def _lib() -> Any:
+def _lib() -> _Library | None:
     if _CHOICE is None:
         configure("auto")
     return _LIB
@@ -173,7 +188,8 @@ def prepare(pixels: np.ndarray, weights: Weights) -> tuple[np.ndarray, np.ndarra
     units, values = np.empty(max(b * width, 1), dtype=np.int64), np.empty(max(b * width, 1), dtype=np.float32)
     offsets, scratch = np.empty(b + 1, dtype=np.int64), np.empty(d + width, dtype=np.float32)
     at_units, at_values = address(units), address(values)
-    n = lib.mc_prepare(
+    call = lib.held.mc_prepare if b <= _HELD_IMAGES else lib.free.mc_prepare
+    n = call(
         address(pixels), weights.__dict__["_fc1_address"], weights.__dict__["_fc1_bias_address"], b, d, width,
         at_units, at_values, address(offsets), address(scratch),
     )  # fmt: skip
@@ -191,7 +207,8 @@ def summaries(
         return None
     classes = sum_p.shape[1]
     out = np.empty(images * (3 * classes + 3), dtype=np.float32)
-    lib.mc_summarise(address(sum_p), address(sum_p2), address(sum_h), images, blocks, classes, n_samples, address(out))
+    at = address
+    lib.held.mc_summarise(at(sum_p), at(sum_p2), at(sum_h), images, blocks, classes, n_samples, at(out))
     return out
 
 
@@ -218,6 +235,7 @@ def run_tiles(weights: Weights, tiles: list[Tile]) -> tuple[np.ndarray, np.ndarr
     c = weights.classes
     out = np.empty(n * (2 * c + 1))
     at = address(out)
-    if lib.mc_run_tiles(net_address, address(records), n, at, at + 8 * n * c, at + 16 * n * c):
+    call = lib.held.mc_run_tiles if sum(t.passes for t in tiles) <= _HELD_ROWS else lib.free.mc_run_tiles
+    if call(net_address, address(records), n, at, at + 8 * n * c, at + 16 * n * c):
         raise MemoryError("the C Monte Carlo kernel could not allocate its work buffers")
     return out[: n * c].reshape(n, c), out[n * c : 2 * n * c].reshape(n, c), out[2 * n * c :]

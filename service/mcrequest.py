@@ -43,12 +43,11 @@ def summarise(request: Prepared, sum_p: np.ndarray, sum_p2: np.ndarray, sum_h: n
     """The per-image summaries from per-tile sums (image-major), blocks added in block order."""
     b, nb, t = request.images, request.blocks, request.n_samples
     native = mcnative.summaries(sum_p, sum_p2, sum_h, b, nb, t)  # the C kernel's, when this process runs it
-    if native is not None:
+    if native is not None:  # numpy views of its one buffer (a torch view costs several times more)
         c = sum_p.shape[1]
-        out = torch.from_numpy(native)
-        planes = out[: 3 * b * c].view(3, b, c)
-        lines = out[3 * b * c :].view(3, b)
-        return MCResult(planes[0], planes[1], planes[2], lines[0], lines[1], lines[2], t)
+        planes, lines = native[: 3 * b * c].reshape(3, b, c), native[3 * b * c :].reshape(3, b)
+        f = torch.from_numpy
+        return MCResult(f(planes[0]), f(planes[1]), f(planes[2]), f(lines[0]), f(lines[1]), f(lines[2]), t)
     if nb == 1:
         sp, sp2, sh = sum_p, sum_p2, sum_h
     else:
