@@ -21,6 +21,26 @@ def resolve(model_dir: Path | None, scratch: Path) -> tuple[Path, str]:
     return scratch, "random-weight artifact (seed 0); throughput does not depend on weight values"
 
 
+def without_sets(model_dir: Path, scratch: Path) -> tuple[Path, str]:
+    """``model_dir`` again without its conformal calibration, written to ``scratch`` (the same weights, version,
+    threshold and input check), or ``model_dir`` itself when it has none. For perf_analyzer: it asks for every
+    output a model lists, and the v2 MC model's set outputs need a ``coverage`` / ``max_risk`` parameter that
+    perf_analyzer 2.51 cannot send over HTTP."""
+    from mcnet import load_artifact
+    from mcnet.inputcheck import load_input_check
+
+    model, manifest = load_artifact(model_dir)
+    if manifest.get("conformal") is None:
+        return model_dir, "the artifact (it has no conformal sets)"
+    uncertainty = manifest["uncertainty"]
+    save_artifact(
+        scratch, model, class_names=tuple(manifest["class_names"]), uncertainty_threshold=uncertainty["threshold"],
+        uncertainty_rule=uncertainty["rule"], input_check=load_input_check(model_dir, manifest),
+    )  # fmt: skip
+    return scratch, "the artifact's weights, threshold and input check without its conformal sets (perf_analyzer asks "
+    "for every output; the set outputs need a parameter it cannot send over HTTP)"
+
+
 def idx_image(raw: bytes, index: int) -> list[int]:
     """Image ``index`` of an IDX3 file's bytes as 784 ints."""
     if raw[:4] != b"\x00\x00\x08\x03":

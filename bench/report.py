@@ -114,10 +114,10 @@ def render(results: dict[str, Any], plot_name: str) -> str:
         machine=f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('platform', '?')}, "
         f"Python {m.get('python', '?')}",
         command=m.get("command", "?")
-        + (
-            f"`, then its HTTP section again ({m['http_section_rerun']}): `python -m bench http"
-            if m.get("http_section_rerun")
-            else ""
+        + "".join(
+            f"`, then its {section} section again ({m[f'{section}_section_rerun']}): `python -m bench {section}"
+            for section in ("http", "v2")
+            if m.get(f"{section}_section_rerun")
         ),
         load=load_note,
         headline=headline(sec),

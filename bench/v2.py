@@ -257,6 +257,7 @@ def run(quick: bool, model_dir: Path | None, server_threads: int = 1) -> dict[st
     with tempfile.TemporaryDirectory(prefix="bench-v2-") as tmp:
         work = Path(tmp)
         model_dir, model_note = artifact.resolve(model_dir, work / "model")
+        model_dir, served_note = artifact.without_sets(model_dir, work / "model-v2")
         names = model_names(model_dir)
         input_data = perf.write_input_data(work / "input.json", artifact.sample_image())
         env = procs.server_env(model_dir, server_threads, ROOT)
@@ -300,6 +301,7 @@ def run(quick: bool, model_dir: Path | None, server_threads: int = 1) -> dict[st
         "input": "one real Fashion-MNIST test image per request, images FP32 [1, 784] (pixel values 0..255), "
         "binary tensor data over HTTP, raw_input_contents over gRPC",
         "model": model_note,
+        "served_artifact": served_note,
         "models": list(names),
         "server_torch_threads": server_threads,
         "servers": "mcserve `python -m service` (v2 HTTP + gRPC in one process); Triton via PyTriton "

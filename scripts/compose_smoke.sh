@@ -114,6 +114,8 @@ check_images() {  # the serve image holds the service only and runs unprivileged
     python -c "import service, mcnet, torch; print(torch.__version__)"
     python -c "import service.v2.stubs" || echo NO_GRPC_STUBS
     python -c "import grpc_tools" 2>/dev/null && echo HAS_GRPC_TOOLS
+    python -c "from service import mcnative; assert mcnative.configure(\"on\").native" || echo NO_C_KERNEL
+    { command -v cc || command -v gcc; } >/dev/null 2>&1 && echo HAS_COMPILER
     python -c "import training" 2>/dev/null && echo HAS_TRAINING
     python -c "import torchvision" 2>/dev/null && echo HAS_TORCHVISION
     ls /usr/share/datasets 2>/dev/null && echo HAS_DATA
@@ -122,6 +124,7 @@ check_images() {  # the serve image holds the service only and runs unprivileged
   [ "$(echo "$out" | sed -n 1p)" != 0 ] || { echo "serve image runs as root" >&2; return 1; }
   ! echo "$out" | grep -E 'HAS_(TRAINING|TORCHVISION|DATA)' >&2 || { echo "serve image holds training code/torchvision/data" >&2; return 1; }
   ! echo "$out" | grep -E 'NO_GRPC_STUBS|HAS_GRPC_TOOLS' >&2 || { echo "serve image: no gRPC stubs, or grpcio-tools" >&2; return 1; }
+  ! echo "$out" | grep -E 'NO_C_KERNEL|HAS_COMPILER' >&2 || { echo "serve image: no C MC kernel, or a compiler" >&2; return 1; }
   "$DOCKER_BIN" image inspect --format '{{json .Config.Healthcheck.Test}}' mcserve-api:latest | grep -q readyz \
     || "$DOCKER_BIN" image inspect --format '{{json .Config.Healthcheck.Test}}' mcserve-api:latest | grep -q mcserve-healthcheck \
     || { echo "serve image has no HEALTHCHECK" >&2; return 1; }

@@ -59,7 +59,7 @@ class Choice:
 
     @property
     def name(self) -> str:
-        return "native" if self.native else "numpy"
+        return "c" if self.native else "numpy"
 
 
 _LOCK = threading.Lock()
