@@ -245,11 +245,18 @@ class MCScheduler:
     def _call(self, picks: list[tuple[_Job, int, int]], here: bool = True) -> None:
         """One kernel call, in a worker thread (``service.mccall``); ``here`` False: its tiles are computed in the
         kernel process."""
-        if self.process is not None and not here:
-            forget, self._forget = self._forget, []
-            run_in_process(self.process, picks, forget)
-        else:
+        if self.process is None or here:
             run_here(self._model(), self._device(), picks)
+            return
+        # jobs whose first tiles ran in these threads before the kernel process came up keep their partial sums
+        # here: they finish here (the child would start them afresh and answer with their first tiles missing)
+        local = [pick for pick in picks if pick[0].request is not None]
+        if local:
+            run_here(self._model(), self._device(), local)
+        sent = [pick for pick in picks if pick[0].request is None]
+        if sent:
+            forget, self._forget = self._forget, []
+            run_in_process(self.process, sent, forget)
 
     def _done(self, picks: list[tuple[_Job, int, int]], call: asyncio.Future[None]) -> None:
         self._running -= 1

@@ -27,6 +27,7 @@ class Accumulator:
         self.sum_p = np.zeros((n, classes))
         self.sum_p2 = np.zeros((n, classes))
         self.sum_h = np.zeros(n)
+        self.filled = 0  # tiles stored: every tile once, or the answer would be missing some passes
 
     def put(self, first: int, parts: tuple[np.ndarray, np.ndarray, np.ndarray], lo: int, hi: int) -> None:
         """Store rows ``lo:hi`` of :func:`run_tiles`' output as this request's tiles ``first...``."""
@@ -34,8 +35,12 @@ class Accumulator:
         self.sum_p[first : first + n] = parts[0][lo:hi]
         self.sum_p2[first : first + n] = parts[1][lo:hi]
         self.sum_h[first : first + n] = parts[2][lo:hi]
+        self.filled += n
 
     def result(self) -> MCResult:
+        tiles = len(self.sum_h)
+        if self.filled != tiles:  # a scheduling bug, never a wrong answer
+            raise RuntimeError(f"MC request summarised with {self.filled} of its {tiles} tiles computed")
         return summarise(self.request, self.sum_p, self.sum_p2, self.sum_h)
 
 

@@ -17,13 +17,19 @@ import httpx
 import pytest
 from hardening_support import Server, metric_value, start_server
 
-SLOW = {"images": [[128] * 784] * 100, "n_samples": 1000, "seed": 7}  # 100,000 rows of MC work, under max_work
-GRACE_S = 20
+# 2,048,000 rows of MC work each (max_work raised to fit): ~1.4 s with the C kernel on a 2-core
+# laptop-class machine, so the first cannot finish before the other three are inside the server
+# even on a much faster one; four in a row still fit well inside GRACE_S on the numpy fallback.
+SLOW = {"images": [[128] * 784] * 256, "n_samples": 8000, "seed": 7}
+SLOW_LIMITS = {"max_samples": 8000, "max_work": 256 * 8000, "max_queued_work": 4 * 256 * 8000, "queue_timeout_s": 60}
+GRACE_S = 30
 
 
 def test_sigterm_during_load_finishes_accepted_requests_and_exits_0(trained_artifact: Path, tmp_path: Path) -> None:
     server: Server = start_server(
-        trained_artifact, tmp_path / "service.log", {"graceful_shutdown_s": GRACE_S, "max_concurrency": 1}
+        trained_artifact,
+        tmp_path / "service.log",
+        {"graceful_shutdown_s": GRACE_S, "max_concurrency": 1, **SLOW_LIMITS},
     )
     try:
         server.wait_ready()
@@ -34,7 +40,8 @@ def test_sigterm_during_load_finishes_accepted_requests_and_exits_0(trained_arti
         def slow() -> None:
             try:
                 r = httpx.post(f"{server.url}/predict/uncertainty", json=SLOW, timeout=120)
-                slow_results.append(r.status_code if len(r.json().get("predictions", [])) == 100 else r.text)
+                whole = len(r.json().get("predictions", [])) == len(SLOW["images"])
+                slow_results.append(r.status_code if whole else r.text)
             except httpx.HTTPError as exc:
                 slow_results.append(repr(exc))
 
@@ -54,7 +61,9 @@ def test_sigterm_during_load_finishes_accepted_requests_and_exits_0(trained_arti
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # the 4 slow requests inside the server (+1: this scrape)
             text = httpx.get(f"{server.url}/metrics", timeout=10).text
-            if metric_value(text, "mcserve_http_requests_in_flight") >= 5 and not slow_results:
+            if slow_results:
+                pytest.fail(f"a slow request ended before all four were in flight (too little work?): {slow_results}")
+            if metric_value(text, "mcserve_http_requests_in_flight") >= 5:
                 break
             time.sleep(0.02)
         else:

@@ -21,8 +21,9 @@ from service import Settings, create_app, mcprocess
 from service.engine import Engine
 from service.inference import MCResult
 from service.mcbatch import MCScheduler
+from service.mckernel import prepare, run_tiles, tiles_of
 from service.mcprocess import KernelProcess, KernelProcessError, serve_call
-from service.mcrequest import mc_tiled
+from service.mcrequest import Accumulator, mc_tiled
 from service.mcweights import weights_of
 from service.metrics import Metrics
 
@@ -100,6 +101,45 @@ def test_an_idle_scheduler_runs_a_small_request_in_its_own_thread_and_a_busy_one
     answers = asyncio.run(main())
     assert process.calls > before  # while one call ran here, the next went to the child
     assert same(answers[0], alone)
+
+
+def test_requests_begun_in_the_threads_finish_there_when_the_kernel_process_comes_up_midway(
+    engine: Engine, process: KernelProcess, test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """The process starts after the service: requests whose first tiles already ran in its threads keep their
+    partial sums there (sent to the child they would come back with those tiles missing), new ones go to it."""
+    pixels = test_images[0].astype(np.float32)
+    mc, _ = scheduler(engine, process, max_rows=512)
+    mc.process = None  # as before ``Core.start_kernel_process`` hands it over
+    early = [(pixels[8 * k : 8 * k + 8], 2000, 50 + k) for k in range(2)]  # 16,000 rows each: many calls
+    late = [(pixels[16 + k : 17 + k], 1000, 70 + k) for k in range(4)]
+    before = process.calls
+
+    async def main() -> list[MCResult]:
+        first = [asyncio.ensure_future(mc.submit(x, n, seed, "rest", keep)) for x, n, seed in early]
+        while len(mc._jobs) < 2 or not all(job.acc is not None and job.next_tile > 1 for job in mc._jobs):  # begun here
+            await asyncio.sleep(0.001)
+        assert not any(task.done() for task in first)
+        mc.use_process(process)
+        rest = [mc.submit(x, n, seed, "rest", keep) for x, n, seed in late]
+        return list(await asyncio.gather(*first, *rest))
+
+    answers = asyncio.run(main())
+    for (x, n, seed), result in zip(early + late, answers, strict=True):
+        assert same(mc_tiled(engine.loaded.model, x, n, seed), result), (n, seed)
+    assert process.calls > before  # the later requests ran in the child
+    assert mc.queued_work == 0 and not mc._jobs
+
+
+def test_an_accumulator_refuses_to_summarise_a_request_with_tiles_missing(
+    engine: Engine, test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    model = engine.loaded.model
+    request = prepare(model, test_images[0][:2].astype(np.float32), 300, 5)  # 2 images x 3 blocks
+    acc = Accumulator(request, weights_of(model).classes)
+    acc.put(2, run_tiles(model, tiles_of(request)[2:]), 0, 4)  # tiles 2..5, never 0 and 1
+    with pytest.raises(RuntimeError, match="4 of its 6 tiles"):
+        acc.result()
 
 
 def test_the_childs_call_handler_finishes_a_request_split_over_calls_and_forgets_on_request(
