@@ -34,10 +34,11 @@ test: install
 	$(MAKE) lint
 	$(PY) -m pytest
 
-# The inner loop: unit and in-process API tests only (no subprocess servers, fuzzing, Docker
-# or Prometheus); about 40 s on 2 cores. `make test` runs these and everything else.
+# The inner loop: unit and in-process API tests, and the quick real-server ones (no fuzzing,
+# Docker, Prometheus or `slow`-marked modules); about 45 s on 2 cores. `make test` runs everything.
 test-fast: install
-	$(PY) -m pytest tests/mcnet tests/training tests/service tests/bench --ignore=tests/service/test_e2e.py
+	$(PY) -m pytest tests/mcnet tests/training tests/service tests/bench --ignore=tests/service/test_e2e.py \
+		-m "not load and not slow"
 
 # The long load test of docs/hardening.md (20,000 mixed requests, concurrency 64); not part of `make test`.
 test-load: install

@@ -20,6 +20,8 @@ from service.admission import Admission, Overloaded, Reservation
 from service.engine import Engine
 from service.metrics import Metrics
 
+pytestmark = pytest.mark.slow  # real servers, child processes or training runs: `make test`, not test-fast
+
 HEAVY_SAMPLES = 6000  # a heavy request: 64 images x 6,000 passes, about 0.2 s of the C kernel on one core
 HEAVY_WORK = 64 * HEAVY_SAMPLES
 

@@ -31,6 +31,8 @@ from tritonclient.utils import InferenceServerException
 
 from bench import procs
 
+pytestmark = pytest.mark.slow  # real servers, child processes or training runs: `make test`, not test-fast
+
 REPO = Path(__file__).resolve().parents[2]
 PORTS = range(18750, 18800)  # reserved for these tests
 M = "fashion-mnist-dropout-mlp"

@@ -27,6 +27,8 @@ from service.mcrequest import Accumulator, mc_tiled
 from service.mcweights import weights_of
 from service.metrics import Metrics
 
+pytestmark = pytest.mark.slow  # real servers, child processes or training runs: `make test`, not test-fast
+
 
 @pytest.fixture(scope="module")
 def engine(trained_artifact: Path, make_settings: Callable[..., Settings]) -> Engine:

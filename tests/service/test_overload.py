@@ -26,6 +26,8 @@ from bench import overload
 from bench.overload import Answer, Observed
 from service import Settings
 
+pytestmark = pytest.mark.slow  # real servers, child processes or training runs: `make test`, not test-fast
+
 REPO = Path(__file__).resolve().parents[2]
 PORTS = range(18500, 18600)  # reserved for this test
 FLOOD_S = 5.0

@@ -13,6 +13,8 @@ import mcnet
 from training.cli import build_parser, config_from_args, main
 from training.data import DataNotFoundError, digits_ood, load_fashion_mnist
 
+pytestmark = pytest.mark.slow  # real servers, child processes or training runs: `make test`, not test-fast
+
 
 def test_real_splits_are_seeded_and_disjoint(fashion_dir: Path) -> None:
     a = load_fashion_mnist(fashion_dir, 5000, seed=0)

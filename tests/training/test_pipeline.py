@@ -14,6 +14,8 @@ from mcnet.inputcheck import load_input_check
 from training.config import TrainConfig, plain_preset
 from training.pipeline import run
 
+pytestmark = pytest.mark.slow  # real servers, child processes or training runs: `make test`, not test-fast
+
 REPORT_KEYS = (
     "test_accuracy_eval",
     "test_accuracy_mc",

@@ -11,11 +11,14 @@ from pathlib import Path
 import grpc
 import httpx
 import numpy as np
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.v2.stubs import pb, pb_grpc
 
 from .conftest import start_server
+
+pytestmark = pytest.mark.slow  # real servers, child processes or training runs: `make test`, not test-fast
 
 MC = "fashion-mnist-dropout-mlp-mc"
 
