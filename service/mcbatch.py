@@ -198,7 +198,8 @@ class MCScheduler:
         one; with one, only a small call (at most ``LOCAL_ROWS``) on an idle scheduler whose jobs all finish in it.
         An idle server then answers a lone request without the round trip through the child (waking an idle
         process on another core), and a busy one sends every call there; a job's partial sums live where its
-        first tiles ran, so a job that needs more calls always goes to the child."""
+        first tiles ran, so a job that needs more calls always goes to the child (except one begun in the threads
+        before the child came up: :meth:`_call` keeps it here)."""
         if self.process is None:
             return True
         if self._running or any(job.sent for job, _, _ in picks):
