@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 import pytest
 
-from bench import overload
-from bench.overload import Answer, Observed
+from bench import overload, overloadstats
+from bench.overloadstats import Answer, Observed
 from service import Settings
 
 pytestmark = pytest.mark.slow  # real servers, child processes or training runs: `make test`, not test-fast
@@ -115,7 +115,7 @@ def _median(answers: list[Answer]) -> float:
 def test_every_flood_answer_is_a_200_or_a_fast_overloaded_503(observed: Observed) -> None:
     flood = observed.flood
     statuses = {a.status for a in flood}
-    assert statuses <= {200, 503}, overload.summarise(observed)["overload_flood_statuses"]
+    assert statuses <= {200, 503}, overloadstats.summarise(observed)["overload_flood_statuses"]
     assert any(a.status == 200 for a in flood), "the flood got no work done at all"
     defaults = Settings()
     # With the default limits only max_concurrency requests run and max_queued_work waits: 48 cannot all fit.
