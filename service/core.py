@@ -34,6 +34,7 @@ import numpy as np
 from .admission import Reservation
 from .auth import Authenticator, AuthError, current_key
 from .batching import BatchStats, MicroBatcher
+from .encode import argmax
 from .engine import Engine, resolve_device
 from .inference import MCResult
 from .mcbatch import MCScheduler
@@ -81,6 +82,7 @@ class Core:
             max_queued_work=s.max_queued_work,
             queue_timeout_s=s.queue_timeout_s,
             max_waiting=s.max_waiting_requests,
+            scores=engine.input_residuals_array,
         )
         self.batcher = MicroBatcher(
             engine.predict_scored,
@@ -186,7 +188,8 @@ class Core:
         sets: SetRequest | None = None,
         reservation: Reservation | None = None,
     ) -> T:
-        """MC dropout over pixels ``(B, 28, 28)`` (limits already checked), ``encode``-d in the worker thread.
+        """MC dropout over pixels ``(B, 28, 28)`` (limits already checked), ``encode``-d where its last tile was
+        computed (a worker thread, or the event loop when the kernel process computed it).
 
         The request shares kernel calls with whatever other MC requests are running (``service.mcbatch``); its
         answer does not depend on them. ``seed`` None draws a fresh one (echoed in the outcome). ``sets`` (checked
@@ -208,8 +211,9 @@ class Core:
         engine = self.engine
         conformal = engine.loaded.conformal if sets is not None and sets.wanted else None
 
-        def finish(result: MCResult, seconds: float, queued_s: float) -> tuple[MCSummary, float, T]:
-            residuals = engine.input_residuals_array(x)
+        def finish(
+            result: MCResult, residuals: np.ndarray | None, seconds: float, queued_s: float
+        ) -> tuple[MCSummary, float, T]:
             result = _to_cpu(result)
             answered = None
             if conformal is not None and sets is not None:
@@ -246,7 +250,7 @@ class Core:
 
 
 def _to_cpu(result: MCResult) -> MCResult:
-    if result.mean_probs.device.type == "cpu":
+    if result.on_cpu:
         return result
     return MCResult(
         mean_probs=result.mean_probs.cpu(),
@@ -274,14 +278,14 @@ def uncertain_flags(engine: Engine, mi: list[float], outliers: list[bool | None]
 
 
 def _summarise(engine: Engine, outcome: MCOutcome) -> MCSummary:
-    result = outcome.result
+    lists = outcome.result.lists()
     names = engine.loaded.class_names
-    mi = result.mutual_information.tolist()
+    mi = lists.mi
     outliers = outliers_of(engine, outcome.residuals, len(mi))
     return MCSummary(
-        labels=[names[i] for i in result.mean_probs.argmax(1).tolist()],
+        labels=[names[argmax(mean)] for mean in lists.mean],
         outliers=outliers,
-        predictive_entropy=result.predictive_entropy.tolist(),
+        predictive_entropy=lists.pe,
         mutual_information=mi,
         uncertain=uncertain_flags(engine, mi, outliers),
         n_samples=outcome.n_samples,

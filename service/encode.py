@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .engine import LoadedModel
-from .inference import MCResult
+from .inference import MCLists
 
 if TYPE_CHECKING:
     from .core import MCOutcome
@@ -47,47 +47,34 @@ def predict_payload(loaded: LoadedModel, scored: list[list[float]]) -> dict[str,
     return {"model": loaded.ref, "predictions": predictions}
 
 
-def mc_lists(result: MCResult) -> dict[str, list[Any]]:
-    """The per-image summaries of an MC result as Python lists (moves them off the device)."""
-    return {
-        "mean": result.mean_probs.cpu().tolist(),
-        "variance": result.variance.cpu().tolist(),
-        "std": result.std.cpu().tolist(),
-        "pe": result.predictive_entropy.cpu().tolist(),
-        "ee": result.expected_entropy.cpu().tolist(),
-        "mi": result.mutual_information.cpu().tolist(),
-    }
-
-
 def uncertainty_payload(
     loaded: LoadedModel,
-    out: dict[str, list[Any]],
+    out: MCLists,
     residuals: list[float] | None,
     n_samples: int,
     seed: int,
     sets: SetAnswer | None = None,
 ) -> dict[str, Any]:
-    """``UncertaintyResponse`` from :func:`mc_lists` output, the input-check scores and the conformal answer.
+    """``UncertaintyResponse`` from an MC result's :meth:`~service.inference.MCResult.lists`, the input-check scores
+    and the conformal answer.
 
     ``uncertain`` is the one flag to act on: the mutual information exceeds the manifest's threshold (the
     network's dropout passes disagree) *or* the input check says the image is unlike the training images.
     """
     names, threshold = loaded.class_names, loaded.threshold
-    fields = _input_fields(loaded, residuals, len(out["mean"]))
+    fields = _input_fields(loaded, residuals, len(out.mean))
     predictions = []
-    for b, mean in enumerate(out["mean"]):
+    for mean, variance, std, pe, ee, mi, (residual, outlier) in zip(*out, fields, strict=True):
         cid = argmax(mean)
-        mi = out["mi"][b]
-        residual, outlier = fields[b]
         predictions.append(
             {
                 "class_id": cid,
                 "label": names[cid],
                 "mean_probabilities": mean,
-                "variance": out["variance"][b],
-                "std": out["std"][b],
-                "predictive_entropy": out["pe"][b],
-                "expected_entropy": out["ee"][b],
+                "variance": variance,
+                "std": std,
+                "predictive_entropy": pe,
+                "expected_entropy": ee,
                 "mutual_information": mi,
                 "input_residual": residual,
                 "input_outlier": outlier,
@@ -121,5 +108,4 @@ def uncertainty_payload(
 def uncertainty_payload_of(loaded: LoadedModel, outcome: MCOutcome) -> dict[str, Any]:
     """``UncertaintyResponse`` for one :meth:`service.core.Core.uncertainty` outcome (runs in its worker thread)."""
     residuals = None if outcome.residuals is None else outcome.residuals.tolist()
-    out = mc_lists(outcome.result)
-    return uncertainty_payload(loaded, out, residuals, outcome.n_samples, outcome.seed, outcome.sets)
+    return uncertainty_payload(loaded, outcome.result.lists(), residuals, outcome.n_samples, outcome.seed, outcome.sets)

@@ -38,7 +38,7 @@ import torch
 from mcnet import DropoutMLP
 
 from .admission import Admission, Reservation
-from .mccall import Finish, run_here, run_in_process
+from .mccall import Finish, Scores, run_here, run_in_process
 from .mccall import Job as _Job
 from .mckernel import PASS_BLOCK, blocks_for
 from .mcprocess import KernelProcess
@@ -63,8 +63,12 @@ class MCScheduler:
         max_queued_work: int,
         queue_timeout_s: float,
         max_waiting: int = 128,
+        scores: Scores = lambda x: None,
     ) -> None:
+        """``scores``: the input check's scores of a request's pixels (``Engine.input_residuals_array``), handed to
+        its ``finish`` with its MC result; the kernel process computes the same with its own copy of the check."""
         self._model = model
+        self._scores = scores
         self._device = device
         self.metrics = metrics
         self.max_rows = max_rows
@@ -188,10 +192,17 @@ class MCScheduler:
                 self._jobs.append(job)
             here = self._runs_here(picks)
             self._running += 1
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.max_calls, thread_name_prefix="mcserve-mc")
-            call = loop.run_in_executor(self._executor, self._call, picks, here)
+            call: asyncio.Future[None]
+            if here:
+                call = loop.run_in_executor(self._worker(), self._call_here, picks)
+            else:
+                call = asyncio.ensure_future(self._call_process(picks))
             call.add_done_callback(functools.partial(self._done, picks))
+
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.max_calls, thread_name_prefix="mcserve-mc")
+        return self._executor
 
     def _runs_here(self, picks: list[tuple[_Job, int, int]]) -> bool:
         """Whether a call runs in this process's worker thread rather than in the kernel process: always without
@@ -243,21 +254,24 @@ class MCScheduler:
             pick[2] = q - pick[1]
         return [(p[0], p[1], p[2]) for p in picks]
 
-    def _call(self, picks: list[tuple[_Job, int, int]], here: bool = True) -> None:
-        """One kernel call, in a worker thread (``service.mccall``); ``here`` False: its tiles are computed in the
-        kernel process."""
-        if self.process is None or here:
-            run_here(self._model(), self._device(), picks)
-            return
-        # jobs whose first tiles ran in these threads before the kernel process came up keep their partial sums
+    def _call_here(self, picks: list[tuple[_Job, int, int]]) -> None:
+        """One kernel call in a worker thread (``service.mccall``)."""
+        run_here(self._model(), self._device(), self._scores, picks)
+
+    async def _call_process(self, picks: list[tuple[_Job, int, int]]) -> None:
+        """One kernel call whose tiles are computed in the kernel process; the event loop waits for its reply."""
+        assert self.process is not None
+        # jobs whose first tiles ran in the threads before the kernel process came up keep their partial sums
         # here: they finish here (the child would start them afresh and answer with their first tiles missing)
         local = [pick for pick in picks if pick[0].request is not None]
-        if local:
-            run_here(self._model(), self._device(), local)
         sent = [pick for pick in picks if pick[0].request is None]
+        loop = asyncio.get_running_loop()
+        here = loop.run_in_executor(self._worker(), self._call_here, local) if local else None
         if sent:
             forget, self._forget = self._forget, []
-            run_in_process(self.process, sent, forget)
+            await run_in_process(self.process, sent, forget)
+        if here is not None:
+            await here
 
     def _done(self, picks: list[tuple[_Job, int, int]], call: asyncio.Future[None]) -> None:
         self._running -= 1

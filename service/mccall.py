@@ -1,8 +1,10 @@
-"""One Monte Carlo kernel call over the tiles of some jobs: in this thread, or in the kernel process.
+"""One Monte Carlo kernel call over the tiles of some jobs: in a worker thread, or in the kernel process.
 
 ``service.mcbatch.MCScheduler`` decides which tiles of which jobs make a call and when it runs; the functions here
 compute it and leave each job's ``outcome`` (``(True, finish(...))`` once its last tile is done, or ``(False,
-exception)``). They run in the scheduler's worker threads and know nothing of HTTP or gRPC.
+exception)``). :func:`run_here` runs in the scheduler's worker threads; :func:`run_in_process` is a coroutine of the
+event loop, which writes the call to the kernel process and finishes the jobs when the reply comes. They know
+nothing of HTTP or gRPC.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from .mcprocess import KernelProcess, KernelProcessError
 from .mcrequest import Accumulator
 from .mcweights import Weights, weights_of
 
-# (result, seconds computing, seconds queued) -> what the caller gets; runs in the worker thread
-Finish = Callable[[MCResult, float, float], Any]
+# (result, input-check scores or None, seconds computing, seconds queued) -> what the caller gets; runs in the
+# worker thread that computed the last tile, or on the event loop when the kernel process did
+Finish = Callable[[MCResult, np.ndarray | None, float, float], Any]
+Scores = Callable[[np.ndarray], np.ndarray | None]  # the input check's scores of pixels (B, 28, 28); None: no check
 
 
 @dataclass(eq=False)
@@ -65,13 +69,13 @@ class Job:
 Pick = tuple[Job, int, int]  # a job, its first tile in the call, how many of its tiles
 
 
-def run_here(model: DropoutMLP, device: torch.device, picks: list[Pick]) -> None:
+def run_here(model: DropoutMLP, device: torch.device, scores: Scores, picks: list[Pick]) -> None:
     """One kernel call in this thread; finished jobs are finished here too (``finish`` encodes)."""
     start = time.perf_counter()
     if picks[0][0].whole:  # the torch kernel, the whole job at once (one job per call)
         job = picks[0][0]
         gen = torch.Generator(device=device).manual_seed(job.seed)
-        complete(job, lambda: mc_predict_torch(model, torch.from_numpy(job.x), job.n_samples, gen), start)
+        complete(job, lambda: mc_predict_torch(model, torch.from_numpy(job.x), job.n_samples, gen), scores, start)
         return
     tiles: list[Tile] = []
     live: list[Pick] = []
@@ -99,14 +103,14 @@ def run_here(model: DropoutMLP, device: torch.device, picks: list[Pick]) -> None
         offset += count
         job.compute_s += seconds
         if first + count == job.tiles:
-            complete(job, job.acc.result, None)
+            complete(job, job.acc.result, scores, None)
 
 
-def run_in_process(process: KernelProcess, picks: list[Pick], forget: list[int]) -> None:
-    """:func:`run_here` through the kernel process: the same tiles, computed there; finishing stays here.
-    ``forget``: jobs dropped midway whose state the child may free. When the child dies, the jobs whose partial
-    sums it held fail (503, retry); the jobs this call started go again to the next child (nothing of theirs was
-    lost)."""
+async def run_in_process(process: KernelProcess, picks: list[Pick], forget: list[int]) -> None:
+    """:func:`run_here` through the kernel process, on the event loop: the same tiles, computed there, which also
+    scores the finished jobs' pixels; they are finished here. ``forget``: jobs dropped midway whose state the child
+    may free. When the child dies, the jobs whose partial sums it held fail (503, retry); the jobs this call
+    started go again to the next child (nothing of theirs was lost)."""
     todo = list(picks)
     for attempt in range(2):
         calls, sent = [], []
@@ -119,7 +123,7 @@ def run_in_process(process: KernelProcess, picks: list[Pick], forget: list[int])
         if not calls:
             return
         try:
-            answers, seconds, generation = process.call(calls, forget if attempt == 0 else [])
+            answers, seconds, generation = await process.call(calls, forget if attempt == 0 else [])
         except KernelProcessError as exc:
             todo = [pick for pick in sent if not pick[0].sent]
             for job, _, _ in sent:
@@ -139,14 +143,15 @@ def run_in_process(process: KernelProcess, picks: list[Pick], forget: list[int])
                 error = KernelProcessError(f"{answer}; retry") if lost else RuntimeError(f"MC kernel: {answer}")
                 job.outcome = (False, error)
             elif answer is not None:
-                complete(job, functools.partial(_from_arrays, answer), None)
+                buffer, residuals, n_samples = answer
+                result = functools.partial(MCResult.packed, buffer, len(job.x), n_samples)
+                complete(job, result, functools.partial(_given, residuals), None)
         return
 
 
-def _from_arrays(answer: tuple[Any, ...]) -> MCResult:
-    """An :class:`MCResult` from the kernel process's answer: its six float32 arrays and ``n_samples``."""
-    mean, variance, std, predictive, expected, mutual = (torch.from_numpy(a) for a in answer[:6])
-    return MCResult(mean, variance, std, predictive, expected, mutual, int(answer[6]))
+def _given(residuals: np.ndarray | None, x: np.ndarray) -> np.ndarray | None:
+    """The input-check scores the kernel process computed for a job's pixels ``x``."""
+    return residuals
 
 
 def _prepare(jobs: list[Job], model: DropoutMLP, weights: Weights) -> None:
@@ -168,13 +173,15 @@ def _prepare(jobs: list[Job], model: DropoutMLP, weights: Weights) -> None:
         job.acc = Accumulator(request, weights.classes)
 
 
-def complete(job: Job, result: Callable[[], MCResult], start: float | None) -> None:
-    """``job.outcome`` from its result: ``finish``-ed (the caller's encoding), or the exception either raised."""
+def complete(job: Job, result: Callable[[], MCResult], scores: Scores, start: float | None) -> None:
+    """``job.outcome`` from its result and the input check's ``scores`` of its pixels: ``finish``-ed (the caller's
+    encoding), or the exception any of them raised."""
     try:
         mc = result()
+        residuals = scores(job.x)
         if start is not None:
             job.compute_s += time.perf_counter() - start
         queued = (job.started or job.submitted) - job.submitted
-        job.outcome = (True, job.finish(mc, job.compute_s, queued))
+        job.outcome = (True, job.finish(mc, residuals, job.compute_s, queued))
     except Exception as exc:
         job.outcome = (False, exc)

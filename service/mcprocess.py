@@ -21,26 +21,24 @@ jobs whose tiles lived in it fail too (their partial sums are gone), and the nex
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
 import multiprocessing
 import os
+import struct
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import ServiceError
+from .mcchild import Answer, Call, child_main
 
 log = logging.getLogger("service")
 
-Call = tuple[int, np.ndarray | None, int, int, int, int]  # job id, pixels (first call only), T, seed, first, count
-Answer = tuple[int, Any]  # job id, None | MCResult arrays | error text
 START_TIMEOUT_S = 120.0  # spawning imports torch and loads the artifact: seconds on a small machine
 
 
@@ -68,111 +66,10 @@ class KernelProcessError(ServiceError):
         super().__init__(503, "kernel_restarted", message, None)
 
 
-def _child(conn: Any, model_dir: str, threads: int, keep_freed: bool, mc_native: str) -> None:
-    """The child's main: load the artifact, say which it is, then answer calls until told to stop."""
-    try:
-        import torch
-
-        from mcnet import load_artifact
-
-        from . import mcnative
-
-        mcnative.configure(mc_native)  # type: ignore[arg-type]  # "on" or "off": the parent's choice, never auto
-        from .mcweights import weights_of
-        from .memory import keep_freed_buffers
-
-        if threads > 0:  # else torch's default, as in the parent (MCSERVE_TORCH_THREADS)
-            torch.set_num_threads(threads)
-        if keep_freed:
-            keep_freed_buffers()
-        model, manifest = load_artifact(model_dir, torch.device("cpu"))
-        weights = weights_of(model)
-    except Exception as exc:  # the parent raises it: startup fails fast with this message
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
-        return
-    conn.send(("ready", manifest))
-    jobs: dict[int, Any] = {}
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            return
-        if message is None:
-            return
-        calls, forget = message
-        for job_id in forget:
-            jobs.pop(job_id, None)
-        conn.send(serve_call(model, weights, jobs, calls))
-
-
-def serve_call(model: Any, weights: Any, jobs: dict[int, Any], calls: list[Call]) -> tuple[list[Answer], float]:
-    """One call's tiles, as ``MCScheduler`` computes them in a thread: prepare the new jobs together, run every
-    tile in one ``run_tiles``, finish the jobs whose last tile this was. ``jobs``: id -> (Prepared, Accumulator)."""
-    from .mckernel import Tile, prepare, prepare_many, run_tiles
-    from .mcrequest import Accumulator
-
-    start = time.perf_counter()
-    failed: dict[int, str] = {}
-    new = [(job_id, x, n, seed) for job_id, x, n, seed, _, _ in calls if x is not None]
-    if new:
-        prepared: list[Any]
-        try:
-            prepared = prepare_many(model, [(x, n, seed) for _, x, n, seed in new], weights)
-        except Exception:  # one request's own fault: find it, fail it alone
-            prepared = []
-            for job_id, x, n, seed in new:
-                try:
-                    prepared.append(prepare(model, x, n, seed, weights))
-                except Exception as exc:
-                    prepared.append(None)
-                    failed[job_id] = f"{type(exc).__name__}: {exc}"
-        for (job_id, _, _, _), request in zip(new, prepared, strict=True):
-            if request is not None:
-                jobs[job_id] = (request, Accumulator(request, weights.classes))
-    tiles: list[Tile] = []
-    live: list[Call] = []
-    for c in calls:
-        job_id, first, count = c[0], c[4], c[5]
-        if job_id in failed:
-            continue
-        if job_id not in jobs:
-            failed[job_id] = "KernelProcessError: the kernel process has no state for this request"
-            continue
-        request = jobs[job_id][0]
-        nb = request.blocks
-        tiles.extend(Tile(request, q // nb, q % nb) for q in range(first, first + count))
-        live.append(c)
-    done: dict[int, Any] = {}
-    if tiles:
-        try:
-            parts = run_tiles(model, tiles)
-        except Exception as exc:
-            for c in live:
-                failed[c[0]] = f"{type(exc).__name__}: {exc}"
-                jobs.pop(c[0], None)
-            live = []
-        offset = 0
-        for job_id, _, _, _, first, count in live:
-            request, acc = jobs[job_id]
-            acc.put(first, parts, offset, offset + count)
-            offset += count
-            if first + count == request.images * request.blocks:
-                del jobs[job_id]
-                try:
-                    r = acc.result()
-                except Exception as exc:
-                    failed[job_id] = f"{type(exc).__name__}: {exc}"
-                    continue
-                done[job_id] = (
-                    r.mean_probs.numpy(), r.variance.numpy(), r.std.numpy(), r.predictive_entropy.numpy(),
-                    r.expected_entropy.numpy(), r.mutual_information.numpy(), r.n_samples,
-                )  # fmt: skip
-    answers = [(c[0], failed.get(c[0], done.get(c[0]))) for c in calls]
-    return answers, time.perf_counter() - start
-
-
 class KernelProcess:
-    """One child process running kernel calls; :meth:`call` is thread-safe and blocks (run it in a worker thread)."""
+    """One child process running kernel calls. :meth:`start` blocks (run it in a worker thread); :meth:`call` is a
+    coroutine of the event loop: it writes the call to the child's socket and the loop reads the reply when it
+    comes, so a call costs no thread switch on this side."""
 
     def __init__(
         self,
@@ -191,10 +88,11 @@ class KernelProcess:
         self._args = (str(model_dir), threads, keep_freed, mc_native)
         self.manifest: dict[str, Any] | None = None  # what the first child loaded; later ones must load the same
         self._on_restart = on_restart
-        self._lock = threading.Lock()  # one sender at a time; replies come in send order
-        self._pending: collections.deque[Future[tuple[list[Answer], float]]] = collections.deque()
+        self._lock = threading.Lock()  # one start at a time
         self._proc: Any = None
         self._conn: Any = None
+        self._link: _Link | None = None  # the running loop's reader and writer of ``_conn``
+        self._restarting: asyncio.Future[None] | None = None
         self.generation = 0  # bumped by each start: a job's state lives in the child of one generation
         self.calls = 0  # calls sent (to every generation)
         self._closed = False
@@ -223,7 +121,7 @@ class KernelProcess:
             raise KernelProcessError("the service is shutting down")
         ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads and torch state
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_child, args=(child, *self._args), name="mcserve-kernel", daemon=True)
+        proc = ctx.Process(target=child_main, args=(child, *self._args), name="mcserve-kernel", daemon=True)
         proc.start()
         child.close()
         if not parent.poll(START_TIMEOUT_S):
@@ -247,70 +145,166 @@ class KernelProcess:
             )
         self._proc, self._conn = proc, parent
         self.generation += 1
-        threading.Thread(target=self._read, args=(parent, proc), name="mcserve-kernel-reader", daemon=True).start()
         log.info("MC kernel process %d started", proc.pid)
 
-    def call(self, calls: list[Call], forget: list[int]) -> tuple[list[Answer], float, int]:
+    async def call(self, calls: list[Call], forget: list[int]) -> tuple[list[Answer], float, int]:
         """Send one call and wait for its answers: ``(answers, seconds, generation of the child that computed
-        them)``; raises :class:`KernelProcessError` when the child dies first."""
-        future: Future[tuple[list[Answer], float]] = Future()
-        with self._lock:
-            if self._closed:
-                raise KernelProcessError("the service is shutting down")
-            if self._conn is None:  # the last child died: start another (its jobs failed with it)
-                self._start_locked()
-                if self._on_restart is not None:
-                    self._on_restart()
-            conn, generation = self._conn, self.generation
-            self._pending.append(future)
-            self.calls += 1
-            try:
-                conn.send((calls, forget))
-            except (OSError, ValueError) as exc:  # a dead pipe: the reader fails the other waiting calls
-                self._pending.remove(future)
-                if self._conn is conn:
-                    self._conn = None
-                raise KernelProcessError(f"the MC kernel process is gone ({exc}); retry") from exc
-        answers, seconds = future.result()
+        them)``; raises :class:`KernelProcessError` when the child dies first (the next call starts another)."""
+        if self._closed:
+            raise KernelProcessError("the service is shutting down")
+        loop = asyncio.get_running_loop()
+        if self._conn is None:  # the last child died: start another (its jobs failed with it)
+            await self._restart(loop)
+        link = self._link
+        if link is None or link.loop is not loop or link.conn is not self._conn:
+            if link is not None:
+                link.detach(KernelProcessError("the MC kernel process was handed to another event loop; retry"))
+            link = self._link = _Link(loop, self._conn, self._proc, self._lost)
+        generation = self.generation
+        self.calls += 1
+        answers, seconds = await link.send((calls, forget))
         return answers, seconds, generation
 
-    def _read(self, conn: Any, proc: Any) -> None:
-        """The reader thread of one child: hands each reply to the oldest waiting call; fails them all at its end."""
-        while True:
-            try:
-                reply = conn.recv()
-            except (EOFError, OSError):
-                break
-            with self._lock:
-                future = self._pending.popleft() if self._pending else None
-            if future is not None:
-                future.set_result(reply)
-        with self._lock:  # first of all: no further call goes to this child
-            if self._conn is conn:
-                self._conn = None
-            waiting = list(self._pending)
-            self._pending.clear()
-            closed = self._closed
-        proc.join(1)
-        if not closed:
-            log.error("MC kernel process %d exited with code %s; the next call starts another", proc.pid, proc.exitcode)
-        error = KernelProcessError(
-            f"the MC kernel process exited (code {proc.exitcode}) during this request; it restarts: retry"
-        )
-        for future in waiting:
-            future.set_exception(error)
+    async def _restart(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the next child in a worker thread (seconds); the calls that arrive meanwhile wait for the same one."""
+        if self._restarting is None:
+            restarting = self._restarting = loop.run_in_executor(None, self._start_again)
+            restarting.add_done_callback(lambda _: setattr(self, "_restarting", None))
+        await asyncio.shield(self._restarting)
+
+    def _start_again(self) -> None:
+        self.start()
+        if self._on_restart is not None:
+            self._on_restart()
+
+    def _lost(self, link: _Link) -> None:
+        """The child behind ``link`` is gone: no further call goes to it (the next starts another)."""
+        if self._link is link:
+            self._link = None
+        if self._conn is link.conn:
+            self._conn = None
+        if not self._closed:
+            log.error("MC kernel process %d exited; the next call starts another", link.proc.pid)
 
     def close(self) -> None:
         """Ask the child to exit (the lifespan's end); kill it if it does not within a few seconds."""
         with self._lock:
             self._closed = True
-            conn, proc = self._conn, self._proc
-            self._conn = None
+            conn, proc, link = self._conn, self._proc, self._link
+            self._conn, self._link = None, None
+        if link is not None:
+            link.detach(KernelProcessError("the service is shutting down"))
         if conn is not None:
             with contextlib.suppress(OSError, ValueError):
+                os.set_blocking(conn.fileno(), True)
                 conn.send(None)
         if proc is not None:
             proc.join(5)
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
+
+
+class _Link:
+    """The event loop's end of one child's socket: writes framed, pickled calls without blocking (what the socket
+    does not take at once is written when it can), reads the replies as they come and hands each to the oldest
+    waiting call. The frames and their serialisation are ``multiprocessing.Connection``'s (``ForkingPickler`` over
+    the socket pair ``multiprocessing.Pipe`` made), which the child reads and writes with ``recv`` and ``send``: only
+    this service's own child is ever at the other end, as with ``Connection.recv`` before."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, conn: Any, proc: Any, lost: Callable[[_Link], None]) -> None:
+        self.loop, self.conn, self.proc, self._lost = loop, conn, proc, lost
+        self.fd = conn.fileno()
+        os.set_blocking(self.fd, False)
+        self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._in = bytearray()
+        self._out = bytearray()
+        self._open = True
+        loop.add_reader(self.fd, self._readable)
+
+    def send(self, message: Any) -> asyncio.Future[Any]:
+        future = self.loop.create_future()
+        if not self._open:
+            future.set_exception(KernelProcessError("the MC kernel process is gone; retry"))
+            return future
+        data = bytes(ForkingPickler.dumps(message))
+        header = struct.pack("!i", len(data)) if len(data) <= 0x7FFFFFFF else struct.pack("!iQ", -1, len(data))
+        self._pending.append(future)
+        if self._out:  # earlier bytes still wait for room: keep the order
+            self._out += header
+            self._out += data
+            return future
+        frame = header + data
+        try:
+            written = os.write(self.fd, frame)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self._gone()
+            return future
+        if written < len(frame):
+            self._out += frame[written:]
+            self.loop.add_writer(self.fd, self._writable)
+        return future
+
+    def _writable(self) -> None:
+        try:
+            written = os.write(self.fd, self._out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._gone()
+            return
+        del self._out[:written]
+        if not self._out:
+            self.loop.remove_writer(self.fd)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # end of file: the child exited
+            self._gone()
+            return
+        buf = self._in
+        buf += data
+        while len(buf) >= 4:
+            (size,) = struct.unpack_from("!i", buf)
+            start = 4
+            if size == -1:
+                if len(buf) < 12:
+                    return
+                (size,) = struct.unpack_from("!Q", buf, 4)
+                start = 12
+            if len(buf) < start + size:
+                return
+            reply = ForkingPickler.loads(memoryview(buf)[start : start + size])
+            del buf[: start + size]
+            if self._pending:
+                future = self._pending.popleft()
+                if not future.done():
+                    future.set_result(reply)
+
+    def _gone(self) -> None:
+        code = self.proc.exitcode  # None until it is reaped (below, off the loop)
+        how = "exited" if code is None else f"exited (code {code})"
+        self.detach(KernelProcessError(f"the MC kernel process {how} during this request; it restarts: retry"))
+        self._lost(self)
+        self.loop.run_in_executor(None, self.proc.join, 5)  # reap it off the loop
+
+    def detach(self, error: Exception) -> None:
+        """Stop reading and writing; the calls still waiting fail with ``error``."""
+        if not self._open:
+            return
+        self._open = False
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self.fd)
+            self.loop.remove_writer(self.fd)
+        waiting = list(self._pending)
+        self._pending.clear()
+        for future in waiting:
+            if not future.done() and not future.get_loop().is_closed():
+                future.set_exception(error)

@@ -7,7 +7,6 @@ service's scheduler (``service.mcbatch``) fills an :class:`Accumulator` per requ
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from mcnet import DropoutMLP
 
@@ -48,11 +47,8 @@ def summarise(request: Prepared, sum_p: np.ndarray, sum_p2: np.ndarray, sum_h: n
     """The per-image summaries from per-tile sums (image-major), blocks added in block order."""
     b, nb, t = request.images, request.blocks, request.n_samples
     native = mcnative.summaries(sum_p, sum_p2, sum_h, b, nb, t)  # the C kernel's, when this process runs it
-    if native is not None:  # numpy views of its one buffer (a torch view costs several times more)
-        c = sum_p.shape[1]
-        planes, lines = native[: 3 * b * c].reshape(3, b, c), native[3 * b * c :].reshape(3, b)
-        f = torch.from_numpy
-        return MCResult(f(planes[0]), f(planes[1]), f(planes[2]), f(lines[0]), f(lines[1]), f(lines[2]), t)
+    if native is not None:  # its one buffer is the packed layout (a torch view per field costs several times more)
+        return MCResult.packed(native, b, t)
     if nb == 1:
         sp, sp2, sh = sum_p, sum_p2, sum_h
     else:
@@ -65,15 +61,8 @@ def summarise(request: Prepared, sum_p: np.ndarray, sum_p2: np.ndarray, sum_h: n
     expected = sh / t
     mutual = np.maximum(predictive - expected, 0.0)
     f32 = np.float32
-    return MCResult(
-        mean_probs=torch.from_numpy(mean.astype(f32)),
-        variance=torch.from_numpy(variance.astype(f32)),
-        std=torch.from_numpy(np.sqrt(variance).astype(f32)),
-        predictive_entropy=torch.from_numpy(predictive.astype(f32)),
-        expected_entropy=torch.from_numpy(expected.astype(f32)),
-        mutual_information=torch.from_numpy(mutual.astype(f32)),
-        n_samples=t,
-    )
+    parts = (mean, variance, np.sqrt(variance), predictive, expected, mutual)
+    return MCResult.packed(np.concatenate([a.astype(f32).reshape(-1) for a in parts]), b, t)
 
 
 def mc_tiled(model: DropoutMLP, x: np.ndarray, n_samples: int, seed: int, max_rows: int = 8192) -> MCResult:

@@ -213,9 +213,7 @@ class DataPlane:
 
     def _mc(self, spec: ModelSpec, outcome: MCOutcome) -> dict[str, OutputTensor]:
         engine = self.core.engine
-        r = outcome.result
-        mean = r.mean_probs.numpy()
-        mi = r.mutual_information.numpy()
+        mean, variance, std, predictive, expected, mi = outcome.result.arrays()
         outliers = outliers_of(engine, outcome.residuals, len(mean))
         residual = outcome.residuals
         answered = outcome.sets
@@ -231,10 +229,10 @@ class DataPlane:
             prediction_set=in_set,
             abstain=abstain,
             mean_probabilities=mean,
-            variance=r.variance.numpy(),
-            std=r.std.numpy(),
-            predictive_entropy=r.predictive_entropy.numpy(),
-            expected_entropy=r.expected_entropy.numpy(),
+            variance=variance,
+            std=std,
+            predictive_entropy=predictive,
+            expected_entropy=expected,
             mutual_information=mi,
             uncertain=np.array(uncertain_flags(engine, mi.tolist(), outliers), dtype=np.bool_),
             class_id=mean.argmax(1).astype(np.int64),

@@ -46,7 +46,7 @@ def scheduler(engine: Engine, **overrides: Any) -> tuple[MCScheduler, CollectorR
     return mc, registry
 
 
-def keep(result: MCResult, seconds: float, queued: float) -> tuple[MCResult, float]:
+def keep(result: MCResult, residuals: object, seconds: float, queued: float) -> tuple[MCResult, float]:
     return result, time.perf_counter()
 
 
