@@ -47,7 +47,7 @@ T = TypeVar("T")
 SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63 (torch.Generator.manual_seed takes any 64-bit value)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class MCOutcome:
     """One Monte Carlo request's answer, before any encoding: summaries on CPU and the input-check scores."""
 
@@ -58,6 +58,7 @@ class MCOutcome:
     seconds: float  # model time
     queued_s: float = 0.0  # waiting for a worker thread (MCSERVE_MAX_CONCURRENCY) before the model ran
     sets: SetAnswer | None = None  # prediction sets / abstention, when the request asked for them
+    summary: MCSummary | None = None  # what the metrics record of it, per image (class ids and flags too)
 
 
 class Core:
@@ -84,6 +85,7 @@ class Core:
             max_waiting=s.max_waiting_requests,
             scores=engine.input_residuals_array,
         )
+        self.mc.after_call = self._record_mc
         self.batcher = MicroBatcher(
             engine.predict_scored,
             max_images=s.batch_max_images,
@@ -222,15 +224,21 @@ class Core:
                     probs["eval"] = engine.predict_scored(x)[:, :-1]
                 answered = answer(conformal, sets, probs)
             outcome = MCOutcome(result, residuals, n_samples, seed, seconds, queued_s, answered)
-            return _summarise(engine, outcome), seconds, encode(outcome)
+            summary = outcome.summary = _summarise(engine, outcome)
+            return summary, seconds, encode(outcome)
 
-        summary, seconds, encoded = await self.mc.submit(x, n_samples, seed, protocol, finish, reservation)
-        self.metrics.record_uncertainty(summary, seconds, protocol)
-        if summary.set_sizes:
-            self.metrics.record_prediction_sets(summary.set_sizes, protocol)
-        if summary.abstained:
-            self.metrics.record_abstentions(summary.abstained, protocol)
-        return encoded
+        _, _, encoded = await self.mc.submit(x, n_samples, seed, protocol, finish, reservation)
+        return encoded  # its metrics were recorded with the rest of its kernel call's (``_record_mc``)
+
+    def _record_mc(self, answered: list[tuple[str, Any]]) -> None:
+        """The metrics of the MC requests one kernel call answered (each ``(protocol, finish's value)``)."""
+        metrics = self.metrics
+        metrics.record_uncertainties([(summary, seconds, protocol) for protocol, (summary, seconds, _) in answered])
+        for protocol, (summary, _, _) in answered:
+            if summary.set_sizes:
+                metrics.record_prediction_sets(summary.set_sizes, protocol)
+            if summary.abstained:
+                metrics.record_abstentions(summary.abstained, protocol)
 
     async def off_loop(self, fn: Callable[..., T], *args: object) -> T:
         """``fn(*args)`` in the one decode thread: big request bodies are parsed there, one at a time, so the event
@@ -282,8 +290,9 @@ def _summarise(engine: Engine, outcome: MCOutcome) -> MCSummary:
     names = engine.loaded.class_names
     mi = lists.mi
     outliers = outliers_of(engine, outcome.residuals, len(mi))
+    class_ids = [argmax(mean) for mean in lists.mean]
     return MCSummary(
-        labels=[names[argmax(mean)] for mean in lists.mean],
+        labels=[names[i] for i in class_ids],
         outliers=outliers,
         predictive_entropy=lists.pe,
         mutual_information=mi,
@@ -291,4 +300,5 @@ def _summarise(engine: Engine, outcome: MCOutcome) -> MCSummary:
         n_samples=outcome.n_samples,
         set_sizes=() if outcome.sets is None else outcome.sets.sizes,
         abstained=0 if outcome.sets is None or outcome.sets.abstain is None else sum(outcome.sets.abstain),
+        class_ids=class_ids,
     )

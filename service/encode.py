@@ -15,6 +15,7 @@ from .inference import MCLists
 
 if TYPE_CHECKING:
     from .core import MCOutcome
+    from .metrics import MCSummary
     from .sets import SetAnswer
 
 
@@ -54,18 +55,24 @@ def uncertainty_payload(
     n_samples: int,
     seed: int,
     sets: SetAnswer | None = None,
+    summary: MCSummary | None = None,
 ) -> dict[str, Any]:
     """``UncertaintyResponse`` from an MC result's :meth:`~service.inference.MCResult.lists`, the input-check scores
-    and the conformal answer.
+    and the conformal answer (``summary``: the request's metrics summary, whose class ids and flags it reuses).
 
     ``uncertain`` is the one flag to act on: the mutual information exceeds the manifest's threshold (the
     network's dropout passes disagree) *or* the input check says the image is unlike the training images.
     """
     names, threshold = loaded.class_names, loaded.threshold
-    fields = _input_fields(loaded, residuals, len(out.mean))
+    n = len(out.mean)
+    fields = _input_fields(loaded, residuals, n)
+    if summary is None:
+        ids = [argmax(mean) for mean in out.mean]
+        flags = [mi > threshold or outlier is True for mi, (_, outlier) in zip(out.mi, fields, strict=True)]
+    else:
+        ids, flags = list(summary.class_ids), list(summary.uncertain)
     predictions = []
-    for mean, variance, std, pe, ee, mi, (residual, outlier) in zip(*out, fields, strict=True):
-        cid = argmax(mean)
+    for mean, variance, std, pe, ee, mi, (residual, outlier), cid, flag in zip(*out, fields, ids, flags, strict=True):
         predictions.append(
             {
                 "class_id": cid,
@@ -78,7 +85,7 @@ def uncertainty_payload(
                 "mutual_information": mi,
                 "input_residual": residual,
                 "input_outlier": outlier,
-                "uncertain": mi > threshold or outlier is True,
+                "uncertain": flag,
                 "prediction_set": None,
                 "prediction_set_labels": None,
                 "abstain": None,
@@ -108,4 +115,5 @@ def uncertainty_payload(
 def uncertainty_payload_of(loaded: LoadedModel, outcome: MCOutcome) -> dict[str, Any]:
     """``UncertaintyResponse`` for one :meth:`service.core.Core.uncertainty` outcome (runs in its worker thread)."""
     residuals = None if outcome.residuals is None else outcome.residuals.tolist()
-    return uncertainty_payload(loaded, outcome.result.lists(), residuals, outcome.n_samples, outcome.seed, outcome.sets)
+    lists = outcome.result.lists()
+    return uncertainty_payload(loaded, lists, residuals, outcome.n_samples, outcome.seed, outcome.sets, outcome.summary)

@@ -47,6 +47,7 @@ from .decode import decode_json_request
 from .encode import predict_payload, uncertainty_payload_of
 from .errors import ServiceError, error_body
 from .limits import replay_body
+from .promfast import inc
 
 _JSON = b"application/json"
 # Bodies up to this (about 20 images as JSON) are decoded on the event loop; bigger ones (up to
@@ -111,7 +112,7 @@ class FastPredictPath:
                 await _send_error(send, exc)
                 metrics.record_http(scope["path"], "POST", str(exc.status), time.perf_counter() - start, "rest")
                 return
-        metrics.in_flight.inc()
+        inc(metrics.in_flight)
         try:
             body, more = await _read_body(receive, self.max_body)
             if body is None:  # the client disconnected mid-body: nobody to answer
@@ -123,7 +124,7 @@ class FastPredictPath:
                 metrics.record_http(scope["path"], "POST", str(exc.status), time.perf_counter() - start, "rest")
                 return
         finally:
-            metrics.in_flight.dec()
+            inc(metrics.in_flight, -1.0)
             if reservation is not None:  # unused (a bad body, a refusal): the room goes to the next in line
                 self.core.mc.release(reservation)
         if payload is None:  # anything this layer does not answer gets the full application, body replayed

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import itertools
 import time
 from collections.abc import Callable
@@ -85,6 +86,13 @@ class MCScheduler:
         self.process: KernelProcess | None = None  # MCSERVE_MC_PROCESS: the kernel runs there, not in the threads
         self._ids = itertools.count(1)
         self._forget: list[int] = []  # jobs dropped midway whose state the kernel process may free
+        self._unstarted: dict[int, _Job] = {}  # admitted, not started: the deadline timer's to refuse
+        self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, job id); stale once a job started
+        self._watch: asyncio.TimerHandle | None = None
+        self._watch_at = 0.0
+        # called on the event loop with (protocol, finish's value) of each request a kernel call answered, together:
+        # the core records their metrics in one go (aggregated, far fewer updates than one request at a time)
+        self.after_call: Callable[[list[tuple[str, Any]]], None] | None = None
 
     def use_process(self, process: KernelProcess) -> None:
         """Run every CPU kernel call in ``process`` (started) from now on; :meth:`close` closes it."""
@@ -121,8 +129,11 @@ class MCScheduler:
         tiles = 1 if whole else len(x) * blocks_for(n_samples)
         job = _Job(x, n_samples, seed, protocol, finish, loop.create_future(), time.perf_counter(), tiles, work, whole)
         job.id = next(self._ids)
-        job.timer = loop.call_at(deadline, self._expire, job)
         self._jobs.append(job)
+        self._unstarted[job.id] = job
+        heapq.heappush(self._deadlines, (deadline, job.id))
+        if self._watch is None or deadline < self._watch_at:
+            self._arm(loop, deadline)
         self._schedule(loop)
         try:
             return await job.future
@@ -132,8 +143,7 @@ class MCScheduler:
                 self._drop(job)
             raise
         finally:
-            if job.timer is not None:
-                job.timer.cancel()
+            self._unstarted.pop(job.id, None)
 
     def _drop(self, job: _Job) -> None:
         if job in self._jobs:
@@ -156,12 +166,31 @@ class MCScheduler:
     def _set_queued(self, delta: int) -> None:
         self.admission.add(delta)
 
-    def _expire(self, job: _Job) -> None:
-        job.timer = None
-        if job.started is not None or job.future.done():
-            return
-        self._drop(job)
-        job.future.set_exception(self.admission.refuse_late(job.protocol))
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        self._watch_at, self._watch = when, loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        """The one deadline timer: refuse every job that has not started by its deadline, then wait for the next
+        (one timer for all jobs: a timer per request cost the event loop more than its admission)."""
+        self._watch = None
+        loop = asyncio.get_running_loop()
+        now, deadlines, unstarted = loop.time(), self._deadlines, self._unstarted
+        while deadlines:
+            deadline, job_id = deadlines[0]
+            job = unstarted.get(job_id)
+            if job is not None and deadline > now:
+                self._arm(loop, deadline)
+                return
+            heapq.heappop(deadlines)
+            if job is None:  # started, finished or gone since
+                continue
+            del unstarted[job_id]
+            if job.future.done():
+                continue
+            self._drop(job)
+            job.future.set_exception(self.admission.refuse_late(job.protocol))
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         """Dispatch soon: on the loop's next iteration (requests arriving in this one join), or after the wait."""
@@ -185,6 +214,7 @@ class MCScheduler:
                 job.next_tile = first + count
                 if job.started is None:
                     job.started = now
+                    self._unstarted.pop(job.id, None)
                 rows = min(job.rows(first, count), job.work)
                 job.work -= rows
                 self._set_queued(-rows)
@@ -277,6 +307,7 @@ class MCScheduler:
         self._running -= 1
         error = call.exception() if not call.cancelled() else asyncio.CancelledError()
         self.metrics.record_mc_batch(len(picks), sum(j.rows(f, c) for j, f, c in picks))
+        answered: list[tuple[str, Any]] = []
         for job, _, _ in picks:
             job.busy = False
             if error is not None and job.outcome is None:
@@ -287,7 +318,10 @@ class MCScheduler:
                     ok, value = job.outcome
                     if ok:
                         job.future.set_result(value)
+                        answered.append((job.protocol, value))
                     else:
                         job.future.set_exception(value)
+        if answered and self.after_call is not None:
+            self.after_call(answered)
         if self._jobs:
             self._schedule(asyncio.get_running_loop())

@@ -50,7 +50,6 @@ class Job:
     busy: bool = False
     started: float | None = None  # perf_counter of the first call that took a tile
     compute_s: float = 0.0
-    timer: asyncio.TimerHandle | None = None
     request: Prepared | None = None
     acc: Accumulator | None = None
     outcome: tuple[bool, Any] | None = field(default=None)  # (ok, value or exception), set in the worker

@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .promfast import inc, observe, observe_many
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 ROW_BUCKETS = (1, 10, 100, 250, 500, 1000, 2000, 4000, 8192, 16384, 65536)
@@ -33,7 +35,7 @@ DENIAL_REASONS = ("missing", "invalid", "scope", "requests", "mc_passes")  # ser
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class MCSummary:
     """What the metrics record of one Monte Carlo request, per image (plain lists: no torch, no payload shape)."""
 
@@ -45,6 +47,7 @@ class MCSummary:
     n_samples: int
     set_sizes: Sequence[int] = ()  # conformal prediction-set sizes, when the request asked for a coverage
     abstained: int = 0  # images abstained on, when the request asked for a max_risk
+    class_ids: Sequence[int] = ()  # each image's predicted class (the encoders' too)
 
 
 class Metrics:
@@ -208,40 +211,59 @@ class Metrics:
 
     def record_http(self, route: str, method: str, status: str, seconds: float, protocol: str = "rest") -> None:
         """One answered request: its latency by route template and its count by route, method and status."""
-        self.child(self.request_latency, route, protocol).observe(seconds)
-        self.child(self.requests, route, method, status, protocol).inc()
+        observe(self.child(self.request_latency, route, protocol), seconds)
+        inc(self.child(self.requests, route, method, status, protocol))
 
     def record_predictions(
         self, endpoint: str, labels: Sequence[str], outliers: Sequence[bool | None], protocol: str
     ) -> None:
         """Images answered by ``endpoint``: the batch size, each predicted class and the input-check outliers."""
-        self.child(self.batch_size, endpoint, protocol).observe(len(labels))
+        observe(self.child(self.batch_size, endpoint, protocol), len(labels))
+        child, predictions = self.child, self.predictions
         for label in labels:
-            self.child(self.predictions, endpoint, label, protocol).inc()
+            inc(child(predictions, endpoint, label, protocol))
         flagged = sum(o is True for o in outliers)
         if flagged:
-            self.child(self.input_outliers, endpoint, protocol).inc(flagged)
+            inc(child(self.input_outliers, endpoint, protocol), flagged)
 
     def record_predict(
         self, labels: Sequence[str], outliers: Sequence[bool | None], seconds: float, protocol: str = "rest"
     ) -> None:
         """One answered deterministic request: its model time, batch size and predicted classes."""
-        self.child(self.inference_latency, "predict", protocol).observe(seconds)
+        observe(self.child(self.inference_latency, "predict", protocol), seconds)
         self.record_predictions("predict", labels, outliers, protocol)
 
     def record_uncertainty(self, summary: MCSummary, seconds: float, protocol: str = "rest") -> None:
         """One answered Monte Carlo request, including each image's entropy and MI."""
-        pe, mi = self.child(self.predictive_entropy, protocol), self.child(self.mutual_information, protocol)
-        for value in summary.predictive_entropy:
-            pe.observe(value)
-        for value in summary.mutual_information:
-            mi.observe(value)
-        uncertain = sum(summary.uncertain)
-        if uncertain:
-            self.child(self.uncertain, protocol).inc(uncertain)
-        self.child(self.inference_latency, "predict_uncertainty", protocol).observe(seconds)
-        self.child(self.mc_samples, protocol).observe(summary.n_samples)
-        self.record_predictions("predict_uncertainty", summary.labels, summary.outliers, protocol)
+        self.record_uncertainties([(summary, seconds, protocol)])
+
+    def record_uncertainties(self, answered: Sequence[tuple[MCSummary, float, str]]) -> None:
+        """Answered Monte Carlo requests ``(summary, model seconds, protocol)``, counted per protocol and bucket first
+        (the requests one kernel call answered: a few updates instead of a dozen per request)."""
+        by_protocol: dict[str, list[tuple[MCSummary, float]]] = {}
+        for summary, seconds, protocol in answered:
+            by_protocol.setdefault(protocol, []).append((summary, seconds))
+        child = self.child
+        for protocol, group in by_protocol.items():
+            pe = [v for summary, _ in group for v in summary.predictive_entropy]
+            observe_many(child(self.predictive_entropy, protocol), pe)
+            observe_many(child(self.mutual_information, protocol), [v for s, _ in group for v in s.mutual_information])
+            uncertain = sum(sum(s.uncertain) for s, _ in group)
+            if uncertain:
+                inc(child(self.uncertain, protocol), uncertain)
+            observe_many(child(self.inference_latency, "predict_uncertainty", protocol), [t for _, t in group])
+            observe_many(child(self.mc_samples, protocol), [s.n_samples for s, _ in group])
+            observe_many(child(self.batch_size, "predict_uncertainty", protocol), [len(s.labels) for s, _ in group])
+            labels: dict[str, int] = {}
+            flagged = 0
+            for s, _ in group:
+                for label in s.labels:
+                    labels[label] = labels.get(label, 0) + 1
+                flagged += sum(o is True for o in s.outliers)
+            for label, n in labels.items():
+                inc(child(self.predictions, "predict_uncertainty", label, protocol), n)
+            if flagged:
+                inc(child(self.input_outliers, "predict_uncertainty", protocol), flagged)
 
     def record_prediction_sets(self, sizes: Sequence[int], protocol: str = "rest") -> None:
         """The size (number of classes) of each image's conformal prediction set, for a request with a coverage."""
@@ -268,13 +290,13 @@ class Metrics:
 
     def record_mc_batch(self, requests: int, rows: int) -> None:
         """One Monte Carlo kernel call: how many uncertainty requests and rows (passes x images) it served."""
-        self.mc_coalesced_requests.observe(requests)
-        self.mc_coalesced_rows.observe(rows)
+        observe(self.mc_coalesced_requests, requests)
+        observe(self.mc_coalesced_rows, rows)
 
     def record_batch(self, requests: int, images: int) -> None:
         """One dynamic-batching forward pass of ``/predict``: how many requests and images it served."""
-        self.coalesced_requests.observe(requests)
-        self.coalesced_images.observe(images)
+        observe(self.coalesced_requests, requests)
+        observe(self.coalesced_images, images)
 
 
 def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
