@@ -104,12 +104,12 @@ def create_app(
     app.state.plane = plane
     install_handlers(app)
     app.include_router(router)
-    # Front layers, outermost first: v2 (/v2/...), then the REST fast path; each records its own requests'
-    # metrics and hands everything else on, finally to FastAPI's own __call__.
-    inner: ASGIApp = app.framework
+    # Front layers, outermost first: the REST fast path (its two paths), then v2 (/v2/...); each records its own
+    # requests' metrics and hands everything else on, finally to FastAPI's own __call__.
+    front: ASGIApp = V2Http(app.framework, plane)
     if settings.fast_path:
-        inner = FastPredictPath(inner, core)
-    app.front = V2Http(inner, plane)
+        front = FastPredictPath(front, core)
+    app.front = front
     if auth.enabled:  # outermost: nothing runs for a request without a valid key
         app.front = AuthLayer(app.front, auth, metrics, settings.max_body_bytes)
     app.front = RequestIdLayer(app.front)  # outermost of all: every answer, refusals and errors too, echoes the id

@@ -209,6 +209,7 @@ class MCScheduler:
             if not picks:
                 return
             now = time.perf_counter()
+            dispatched = 0
             for job, first, count in picks:
                 job.busy = True
                 job.next_tile = first + count
@@ -217,9 +218,10 @@ class MCScheduler:
                     self._unstarted.pop(job.id, None)
                 rows = min(job.rows(first, count), job.work)
                 job.work -= rows
-                self._set_queued(-rows)
+                dispatched += rows
                 self._jobs.remove(job)  # least recently served goes last
                 self._jobs.append(job)
+            self._set_queued(-dispatched)
             here = self._runs_here(picks)
             self._running += 1
             call: asyncio.Future[None]

@@ -57,11 +57,18 @@ class Job:
     sent: int = 0  # the kernel process generation that holds its state (0: none yet)
 
     def tile_rows(self, q: int) -> int:
+        n = self.n_samples
         if self.whole:
-            return self.n_samples * len(self.x)
-        return min(PASS_BLOCK, self.n_samples - (q % blocks_for(self.n_samples)) * PASS_BLOCK)
+            return n * len(self.x)
+        if n <= PASS_BLOCK:  # one tile per image, of all its passes
+            return n
+        return min(PASS_BLOCK, n - (q % blocks_for(n)) * PASS_BLOCK)
 
     def rows(self, first: int, count: int) -> int:
+        if count == 1:
+            return self.tile_rows(first)
+        if self.n_samples <= PASS_BLOCK and not self.whole:
+            return count * self.n_samples
         return sum(self.tile_rows(q) for q in range(first, first + count))
 
 

@@ -15,9 +15,71 @@ from typing import Any
 import numpy as np
 import torch
 
+from mcnet import IMAGE_SIDE as PIXEL_SIDE
+
 Call = tuple[int, np.ndarray | None, int, int, int, int]  # job id, pixels (first call only), T, seed, first, count
 # job id, then None (more tiles to come) | (summaries buffer, input-check scores or None, n_samples) | error text
 Answer = tuple[int, Any]
+
+
+# On the wire the pixels travel as raw float32 bytes, and a call's finished summaries and scores as one array each
+# (views are cut from them on arrival): pickling a few arrays per call instead of two per request, and no array
+# object per request, is most of what the parent's side of a call costs.
+WireCall = tuple[int, bytes | None, int, int, int, int]
+WireAnswers = tuple[list[tuple[int, Any]], float, np.ndarray | None, np.ndarray | None]
+
+
+def calls_to_wire(calls: list[Call]) -> list[WireCall]:
+    return [
+        (i, None if x is None else np.ascontiguousarray(x, np.float32).tobytes(), n, s, f, c)
+        for i, x, n, s, f, c in calls
+    ]
+
+
+def calls_from_wire(wire: list[WireCall]) -> list[Call]:
+    side = PIXEL_SIDE
+    return [
+        (i, None if x is None else np.frombuffer(x, np.float32).reshape(-1, side, side), n, s, f, c)
+        for i, x, n, s, f, c in wire
+    ]
+
+
+def answers_to_wire(answers: list[Answer], seconds: float) -> WireAnswers:
+    """Each finished job's ``(summaries, scores, n_samples)`` as ``(n_samples, start, end, score start, score end)``
+    into the call's one summaries array and one scores array (score start -1: no scores)."""
+    out: list[tuple[int, Any]] = []
+    summaries: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    at, score_at = 0, 0
+    for job_id, answer in answers:
+        if answer is None or isinstance(answer, str):
+            out.append((job_id, answer))
+            continue
+        buffer, score, n_samples = answer
+        summaries.append(buffer)
+        start = -1
+        if score is not None:
+            scores.append(score)
+            start, score_at = score_at, score_at + len(score)
+        out.append((job_id, (n_samples, at, at + len(buffer), start, score_at)))
+        at += len(buffer)
+    flat = np.concatenate(summaries) if summaries else None
+    return out, seconds, flat, np.concatenate(scores) if scores else None
+
+
+def answers_from_wire(wire: WireAnswers) -> tuple[list[Answer], float]:
+    """:func:`serve_call`'s answers again (views of the arrays that came)."""
+    out, seconds, flat, scores = wire
+    answers: list[Answer] = []
+    for job_id, answer in out:
+        if answer is None or isinstance(answer, str):
+            answers.append((job_id, answer))
+            continue
+        n_samples, start, end, score_start, score_end = answer
+        assert flat is not None
+        score = None if score_start < 0 or scores is None else scores[score_start:score_end]
+        answers.append((job_id, (flat[start:end], score, n_samples)))
+    return answers, seconds
 
 
 def child_main(conn: Any, model_dir: str, threads: int, keep_freed: bool, mc_native: str) -> None:
@@ -53,10 +115,10 @@ def child_main(conn: Any, model_dir: str, threads: int, keep_freed: bool, mc_nat
             return
         if message is None:
             return
-        calls, forget = message
+        wire_calls, forget = message
         for job_id in forget:
             jobs.pop(job_id, None)
-        conn.send(serve_call(model, weights, jobs, calls, scores))
+        conn.send(answers_to_wire(*serve_call(model, weights, jobs, calls_from_wire(wire_calls), scores)))
 
 
 def serve_call(

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ServiceError
-from .mcchild import Answer, Call, child_main
+from .mcchild import Answer, Call, answers_from_wire, calls_to_wire, child_main
 
 log = logging.getLogger("service")
 
@@ -162,7 +162,8 @@ class KernelProcess:
             link = self._link = _Link(loop, self._conn, self._proc, self._lost)
         generation = self.generation
         self.calls += 1
-        answers, seconds = await link.send((calls, forget))
+        wire = await link.send((calls_to_wire(calls), forget))
+        answers, seconds = answers_from_wire(wire)
         return answers, seconds, generation
 
     async def _restart(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -17,7 +17,7 @@ import torch
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from service import Settings, create_app, mcprocess
+from service import Settings, create_app, mcchild, mcprocess
 from service.engine import Engine
 from service.inference import MCResult
 from service.mcbatch import MCScheduler
@@ -161,6 +161,28 @@ def test_the_childs_call_handler_finishes_a_request_split_over_calls_and_forgets
     assert same(MCResult.packed(answer[1][0], 2, answer[1][2]), alone) and answer[1][1] is None  # no scores asked for
     missing, _ = serve_call(model, weights, jobs, [(8, None, 100, 1, 0, 1)])
     assert "no state" in missing[0][1]  # a job the child never saw (or lost) fails, never computes garbage
+
+
+def test_calls_and_answers_cross_the_wire_unchanged(engine: Engine, test_images: tuple[np.ndarray, np.ndarray]) -> None:
+    """The child's wire form (raw pixel bytes; a call's summaries and scores in one array each) loses nothing: the
+    same pixels arrive, and each request's summaries and input-check scores come back bit for bit."""
+    model = engine.loaded.model
+    kernel = engine.loaded.kernel
+    assert kernel is not None and engine.loaded.input_check is not None
+    x = test_images[0][:5].astype(np.float32)
+    calls = [(1, x[:2], 100, 3, 0, 2), (2, x[2:3], 300, 4, 0, 1), (3, x[3:], 50, 5, 0, 2)]
+    sent = mcchild.calls_from_wire(mcchild.calls_to_wire(calls))
+    assert all(np.array_equal(a[1], b[1]) and a[0] == b[0] and a[2:] == b[2:] for a, b in zip(calls, sent, strict=True))
+    jobs: dict[int, object] = {}
+    answers, seconds = serve_call(model, weights_of(model), jobs, sent, kernel.scores)
+    assert answers[1] == (2, None)  # 300 passes: more tiles to come
+    back, back_seconds = mcchild.answers_from_wire(mcchild.answers_to_wire(answers, seconds))
+    assert back_seconds == seconds and [a[0] for a in back] == [1, 2, 3] and back[1][1] is None
+    for (job_id, answer), (_, original) in zip(back, answers, strict=True):
+        if original is not None:
+            assert np.array_equal(answer[0], original[0]) and np.array_equal(answer[1], original[1])
+            assert answer[2] == original[2] and len(answer[1]) == 2 and job_id in (1, 3)
+    assert np.array_equal(back[0][1][1], kernel.scores(x[:2]))
 
 
 def test_a_killed_kernel_process_fails_what_it_held_with_503_and_the_next_request_starts_another(
