@@ -297,7 +297,15 @@ class _Link:
         self.loop.run_in_executor(None, self.proc.join, 5)  # reap it off the loop
 
     def detach(self, error: Exception) -> None:
-        """Stop reading and writing; the calls still waiting fail with ``error``."""
+        """Stop reading and writing; the calls still waiting fail with ``error``. From another thread (the lifespan
+        closes the kernel process in a worker thread) it runs on the loop's own thread, while that loop runs."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not self.loop and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.detach, error)
+            return
         if not self._open:
             return
         self._open = False
