@@ -1,19 +1,25 @@
-"""The Monte Carlo kernel in a child process, beside the event loop instead of under its lock.
+"""The Monte Carlo kernel in a child process, beside the event loop instead of under its lock: the parent's side.
 
 Why: in one process the kernel's many small numpy and torch calls and the event loop's HTTP work take turns on
 Python's GIL, so at c = 64 the process used about 1.1 of the machine's 2 cores with a third of the machine idle.
 With ``MCSERVE_MC_PROCESS`` on, :class:`~service.mcbatch.MCScheduler` keeps every decision (admission, fairness,
-which tiles share a call) and sends each call's tiles here; a child process runs the same ``service.mckernel``
-code with the same torch thread count, so a seeded answer is bit-identical either way.
+which tiles share a call) and sends each call's tiles here; a child process (``service.mcchild``) runs the same
+``service.mckernel`` code with the same torch thread count, so a seeded answer is bit-identical either way.
 
-The protocol, pickled over a pipe, one reply per call and in the order of the calls:
+The event loop drives the child itself: :meth:`KernelProcess.call` writes the call to the child's socket without
+blocking and the loop reads the reply when it comes (``_Link``), so a call costs no thread switch in this process
+(a worker thread that sent each call and a reader thread that received it took turns on the GIL with the loop for
+every call, which cost more than the call's own work). The protocol, one reply per call and in the order of the
+calls, ``multiprocessing.Connection``'s frames:
 
 * parent -> child: ``(calls, forget)``. ``calls``: ``(job id, pixels or None, n_samples, seed, first tile, tile
-  count)`` per job in the call; the pixels come with a job's first call only. ``forget``: ids of jobs the parent
-  dropped (their caller went away) whose prepared state the child may free. ``None`` asks the child to exit.
-* child -> parent: ``(answers, seconds)``: per job of the call, in order, ``(job id, answer)`` with ``answer``
-  ``None`` (more tiles to come), the :class:`MCResult` fields as float32 arrays (its last tile is done), or a
-  ``str`` (why its kernel work failed); ``seconds``: the call's compute time.
+  count)`` per job in the call; the pixels (raw float32 bytes) come with a job's first call only. ``forget``: ids
+  of jobs the parent dropped (their caller went away) whose prepared state the child may free. ``None`` asks the
+  child to exit.
+* child -> parent: per job of the call, in order, ``(job id, answer)`` with ``answer`` ``None`` (more tiles to
+  come), where its summaries and input-check scores lie in the call's one summaries array and one scores array
+  (its last tile is done), or a ``str`` (why its kernel work failed); the call's compute time; the two arrays
+  (``service.mcchild.answers_to_wire``).
 
 When the child dies (killed, out of memory), the calls waiting for it fail with :class:`KernelProcessError`, the
 jobs whose tiles lived in it fail too (their partial sums are gone), and the next call starts a new child.
