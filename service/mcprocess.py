@@ -7,9 +7,9 @@ which tiles share a call) and sends each call's tiles here; a child process (``s
 ``service.mckernel`` code with the same torch thread count, so a seeded answer is bit-identical either way.
 
 The event loop drives the child itself: :meth:`KernelProcess.call` writes the call to the child's socket without
-blocking and the loop reads the reply when it comes (``_Link``), so a call costs no thread switch in this process
-(a worker thread that sent each call and a reader thread that received it took turns on the GIL with the loop for
-every call, which cost more than the call's own work). The protocol, one reply per call and in the order of the
+blocking and the loop reads the reply when it comes (``service.mclink``), so a call costs no thread switch in this
+process (a worker thread that sent each call and a reader thread that received it took turns on the GIL with the
+loop for every call, which cost more than the call's own work). The protocol, one reply per call and in the order of the
 calls, ``multiprocessing.Connection``'s frames:
 
 * parent -> child: ``(calls, forget)``. ``calls``: ``(job id, pixels or None, n_samples, seed, first tile, tile
@@ -28,20 +28,18 @@ jobs whose tiles lived in it fail too (their partial sums are gone), and the nex
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import multiprocessing
 import os
-import struct
 import threading
 from collections.abc import Callable
-from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
-from .errors import ServiceError
 from .mcchild import Answer, Call, answers_from_wire, calls_to_wire, child_main
+from .mclink import KernelProcessError as KernelProcessError  # re-exported: callers catch it from here
+from .mclink import Link
 
 log = logging.getLogger("service")
 
@@ -63,13 +61,6 @@ def wanted(setting: str, device_type: str, workers: int) -> bool:
     if device_type != "cpu" or setting == "off":  # on CUDA the torch kernel runs each job in one call, in process
         return False
     return setting == "on" or usable_cpus() >= 2 * workers
-
-
-class KernelProcessError(ServiceError):
-    """503 ``kernel_restarted``: the kernel process could not start, or exited while this request needed it."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(503, "kernel_restarted", message, None)
 
 
 class KernelProcess:
@@ -97,7 +88,7 @@ class KernelProcess:
         self._lock = threading.Lock()  # one start at a time
         self._proc: Any = None
         self._conn: Any = None
-        self._link: _Link | None = None  # the running loop's reader and writer of ``_conn``
+        self._link: Link | None = None  # the running loop's reader and writer of ``_conn``
         self._restarting: asyncio.Future[None] | None = None
         self.generation = 0  # bumped by each start: a job's state lives in the child of one generation
         self.calls = 0  # calls sent (to every generation)
@@ -165,7 +156,7 @@ class KernelProcess:
         if link is None or link.loop is not loop or link.conn is not self._conn:
             if link is not None:
                 link.detach(KernelProcessError("the MC kernel process was handed to another event loop; retry"))
-            link = self._link = _Link(loop, self._conn, self._proc, self._lost)
+            link = self._link = Link(loop, self._conn, self._proc, self._lost)
         generation = self.generation
         self.calls += 1
         wire = await link.send((calls_to_wire(calls), forget))
@@ -184,7 +175,7 @@ class KernelProcess:
         if self._on_restart is not None:
             self._on_restart()
 
-    def _lost(self, link: _Link) -> None:
+    def _lost(self, link: Link) -> None:
         """The child behind ``link`` is gone: no further call goes to it (the next starts another)."""
         if self._link is link:
             self._link = None
@@ -210,116 +201,3 @@ class KernelProcess:
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
-
-
-class _Link:
-    """The event loop's end of one child's socket: writes framed, pickled calls without blocking (what the socket
-    does not take at once is written when it can), reads the replies as they come and hands each to the oldest
-    waiting call. The frames and their serialisation are ``multiprocessing.Connection``'s (``ForkingPickler`` over
-    the socket pair ``multiprocessing.Pipe`` made), which the child reads and writes with ``recv`` and ``send``: only
-    this service's own child is ever at the other end, as with ``Connection.recv`` before."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, conn: Any, proc: Any, lost: Callable[[_Link], None]) -> None:
-        self.loop, self.conn, self.proc, self._lost = loop, conn, proc, lost
-        self.fd = conn.fileno()
-        os.set_blocking(self.fd, False)
-        self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
-        self._in = bytearray()
-        self._out = bytearray()
-        self._open = True
-        loop.add_reader(self.fd, self._readable)
-
-    def send(self, message: Any) -> asyncio.Future[Any]:
-        future = self.loop.create_future()
-        if not self._open:
-            future.set_exception(KernelProcessError("the MC kernel process is gone; retry"))
-            return future
-        data = bytes(ForkingPickler.dumps(message))
-        header = struct.pack("!i", len(data)) if len(data) <= 0x7FFFFFFF else struct.pack("!iQ", -1, len(data))
-        self._pending.append(future)
-        if self._out:  # earlier bytes still wait for room: keep the order
-            self._out += header
-            self._out += data
-            return future
-        frame = header + data
-        try:
-            written = os.write(self.fd, frame)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            self._gone()
-            return future
-        if written < len(frame):
-            self._out += frame[written:]
-            self.loop.add_writer(self.fd, self._writable)
-        return future
-
-    def _writable(self) -> None:
-        try:
-            written = os.write(self.fd, self._out)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._gone()
-            return
-        del self._out[:written]
-        if not self._out:
-            self.loop.remove_writer(self.fd)
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.fd, 1 << 20)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:  # end of file: the child exited
-            self._gone()
-            return
-        buf = self._in
-        buf += data
-        while len(buf) >= 4:
-            (size,) = struct.unpack_from("!i", buf)
-            start = 4
-            if size == -1:
-                if len(buf) < 12:
-                    return
-                (size,) = struct.unpack_from("!Q", buf, 4)
-                start = 12
-            if len(buf) < start + size:
-                return
-            reply = ForkingPickler.loads(memoryview(buf)[start : start + size])
-            del buf[: start + size]
-            if self._pending:
-                future = self._pending.popleft()
-                if not future.done():
-                    future.set_result(reply)
-
-    def _gone(self) -> None:
-        code = self.proc.exitcode  # None until it is reaped (below, off the loop)
-        how = "exited" if code is None else f"exited (code {code})"
-        self.detach(KernelProcessError(f"the MC kernel process {how} during this request; it restarts: retry"))
-        self._lost(self)
-        self.loop.run_in_executor(None, self.proc.join, 5)  # reap it off the loop
-
-    def detach(self, error: Exception) -> None:
-        """Stop reading and writing; the calls still waiting fail with ``error``. From another thread (the lifespan
-        closes the kernel process in a worker thread) it runs on the loop's own thread, while that loop runs."""
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not self.loop and self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.detach, error)
-            return
-        if not self._open:
-            return
-        self._open = False
-        if not self.loop.is_closed():
-            self.loop.remove_reader(self.fd)
-            self.loop.remove_writer(self.fd)
-        waiting = list(self._pending)
-        self._pending.clear()
-        for future in waiting:
-            if not future.done() and not future.get_loop().is_closed():
-                future.set_exception(error)
