@@ -2,14 +2,15 @@
 
 Every uncertainty request, whatever protocol it came by, becomes a *job* here. A job is cut into the
 kernel's tiles (``service.mckernel``: one image's passes, at most ``PASS_BLOCK`` of them), and the
-scheduler packs tiles of many jobs into kernel calls of at most ``MCSERVE_MC_CHUNK_SIZE`` rows, run in up
-to ``MCSERVE_MAX_CONCURRENCY`` worker threads:
+scheduler packs tiles of many jobs into kernel calls of at most ``MCSERVE_MC_CHUNK_SIZE`` rows, up to
+``MCSERVE_MAX_CONCURRENCY`` at once: in worker threads, or in the kernel process (``service.mcprocess``), which
+the event loop drives itself:
 
 * **fair by cost**: each call first takes one tile from every waiting job (round robin, least recently
   served first), then fills what is left of its row budget with further tiles of the same jobs. A 1-image
   request therefore starts in the next call, however many 100,000-row requests are queued; a big request
   advances by a budget's worth of rows per call. A job is in at most one call at a time.
-* **never delays a lone request**: a call starts as soon as a thread is free; with
+* **never delays a lone request**: a call starts as soon as a call slot is free; with
   ``MCSERVE_MC_BATCH_WAIT_MS`` > 0 an idle scheduler waits that long for company first.
 * **bit-identical in any company**: tiles compute the same numbers whoever shares their call, so
   batching changes when an answer comes, never what it is. ``MCSERVE_MC_BATCH=false`` runs one job per call.
