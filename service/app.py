@@ -19,8 +19,9 @@ from .core import Core
 from .engine import Engine
 from .errors import install_handlers
 from .fastpath import FastPredictPath
+from .httpmetrics import MetricsMiddleware
 from .limits import BodyLimitMiddleware
-from .metrics import Metrics, MetricsMiddleware
+from .metrics import Metrics
 from .requestid import RequestIdLayer
 from .routes import router
 from .settings import Settings
