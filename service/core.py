@@ -78,6 +78,7 @@ class Core:
             metrics,
             max_rows=s.mc_chunk_size,
             max_calls=s.max_concurrency,
+            process_calls=s.mc_process_calls,
             share=s.mc_batch,
             wait_s=s.mc_batch_wait_ms / 1000.0,
             max_queued_work=s.max_queued_work,

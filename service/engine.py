@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import random
 import secrets
 import threading
 import time
@@ -27,6 +29,9 @@ from .settings import Settings
 
 log = logging.getLogger("service")
 T = TypeVar("T")
+SEED_BITS = 63  # seeds are 0 <= seed < 2**63
+_SEEDS = random.Random(secrets.randbits(128))  # fresh seeds (Engine.fresh_seed); a forked child reseeds its own
+os.register_at_fork(after_in_child=lambda: _SEEDS.seed(secrets.randbits(128)))
 
 
 class DeviceError(RuntimeError):
@@ -158,7 +163,9 @@ class Engine:
 
     @staticmethod
     def fresh_seed() -> int:
-        return secrets.randbits(63)
+        """A seed for a request that gave none: from a generator seeded once per process by the OS (a read of the OS's
+        randomness per request, as ``secrets`` does, cost more than the request's admission)."""
+        return _SEEDS.getrandbits(SEED_BITS)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic probabilities on CPU, ``(B, C)``."""

@@ -66,15 +66,19 @@ class MCScheduler:
         queue_timeout_s: float,
         max_waiting: int = 128,
         scores: Scores = lambda x: None,
+        process_calls: int = 3,
     ) -> None:
-        """``scores``: the input check's scores of a request's pixels (``Engine.input_residuals_array``), handed to
-        its ``finish`` with its MC result; the kernel process computes the same with its own copy of the check."""
+        """``max_calls``: calls at once in the worker threads; ``process_calls``: calls at once in the kernel process
+        (once it is in use). ``scores``: the input check's scores of a request's pixels
+        (``Engine.input_residuals_array``), handed to its ``finish`` with its MC result; the kernel process computes
+        the same with its own copy of the check."""
         self._model = model
         self._scores = scores
         self._device = device
         self.metrics = metrics
         self.max_rows = max_rows
         self.max_calls = max_calls
+        self.process_calls = process_calls
         self.share = share
         self.wait_s = wait_s
         self.admission = Admission(
@@ -105,6 +109,11 @@ class MCScheduler:
             self._executor = None
         if self.process is not None:
             self.process.close()
+
+    @property
+    def slots(self) -> int:
+        """Kernel calls that may run at once: ``process_calls`` with the kernel process, else ``max_calls``."""
+        return self.max_calls if self.process is None else self.process_calls
 
     @property
     def queued_work(self) -> int:
@@ -205,7 +214,7 @@ class MCScheduler:
     def _dispatch(self) -> None:
         self._pending = None
         loop = asyncio.get_running_loop()
-        while self._running < self.max_calls:
+        while self._running < self.slots:
             picks = self._pick(self._budget())
             if not picks:
                 return
@@ -262,7 +271,7 @@ class MCScheduler:
         if len(ready) < 2:  # one job is in one call at a time: cutting it smaller only adds round trips
             return self.max_rows
         waiting = sum(job.work for job in ready)
-        free = self.max_calls - self._running
+        free = max(1, self.slots - self._running)
         return max(1, min(self.max_rows, -(-waiting // free)))
 
     def _pick(self, budget: int) -> list[tuple[_Job, int, int]]:

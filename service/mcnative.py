@@ -102,6 +102,8 @@ def _load() -> tuple[_Library | None, str | None]:
         free, held = ctypes.CDLL(str(LIBRARY)), ctypes.PyDLL(str(LIBRARY))
     except OSError as exc:
         return None, f"cannot load {LIBRARY}: {exc}; rebuild it with `python service/native/build.py`"
+    if not hasattr(free, "mc_scores"):
+        return None, f"{LIBRARY} was built from another version of mckernel.c; rebuild it"
     p, i = ctypes.c_void_p, ctypes.c_int64  # addresses, sizes
     for lib in (free, held):
         lib.mc_run_tiles.restype = ctypes.c_int
@@ -110,6 +112,8 @@ def _load() -> tuple[_Library | None, str | None]:
         lib.mc_prepare.argtypes = [p, p, p, i, i, i, p, p, p, p]
         lib.mc_summarise.restype = None
         lib.mc_summarise.argtypes = [p, p, p, i, i, i, i, p]
+        lib.mc_scores.restype = None
+        lib.mc_scores.argtypes = [p, p, p, i, i, i, p, p]
         lib.mc_sizeof_net.restype = lib.mc_sizeof_tile.restype = i
     if free.mc_sizeof_net() != ctypes.sizeof(_Net) or free.mc_sizeof_tile() != _TILE.itemsize:
         return None, f"{LIBRARY} was built from another version of mckernel.c; rebuild it"
@@ -239,3 +243,24 @@ def run_tiles(weights: Weights, tiles: list[Tile]) -> tuple[np.ndarray, np.ndarr
     if call(net_address, address(records), n, at, at + 8 * n * c, at + 16 * n * c):
         raise MemoryError("the C Monte Carlo kernel could not allocate its work buffers")
     return out[: n * c].reshape(n, c), out[n * c : 2 * n * c].reshape(n, c), out[2 * n * c :]
+
+
+MAX_COMPONENTS = 71  # the C input check's per-image buffer (components + 1 columns)
+_HELD_SCORES = 16  # input-check scores of at most this many images (~50 us) keep the GIL
+
+
+def scores(pixels: np.ndarray, c_t: int, c_bias: int, components: int) -> np.ndarray | None:
+    """The input check's scores of ``pixels`` ``(B, D)`` float32 (``service.evalkernel.EvalKernel.scores``: ``c_t``
+    the address of its projection's columns as rows, float64, C-contiguous; ``c_bias`` of its bias), one image at a
+    time, so that an image's score never depends on what shares the call; None when this process runs the numpy
+    kernel."""
+    lib = _lib()
+    if lib is None or components > MAX_COMPONENTS:
+        return None
+    x = pixels if pixels.dtype == np.float32 and pixels.flags.c_contiguous else np.ascontiguousarray(pixels, np.float32)
+    b, d = x.shape
+    out = np.empty(b + d)  # the scores, then the C code's scratch
+    at = address(out)
+    call = lib.held.mc_scores if b <= _HELD_SCORES else lib.free.mc_scores
+    call(x.__array_interface__["data"][0], c_t, c_bias, b, d, components, at, at + 8 * b)
+    return out[:b]

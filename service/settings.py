@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="run the CPU Monte Carlo kernel in a child process beside the event loop (the same numbers); "
         "auto = on when each worker has at least 2 CPUs (affinity and cgroup quota); ignored on CUDA",
     )
+    mc_process_calls: int = Field(
+        default=3,
+        ge=1,
+        description="Monte Carlo kernel calls sent to the kernel process at once (it computes them one after another; "
+        "more than one keeps it computing while this process answers the last and reads the next requests)",
+    )
     mc_native: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="the CPU Monte Carlo kernel in C (service/native, built by `make install`; needs AVX2 and FMA): "

@@ -382,3 +382,57 @@ void mc_summarise(const double *sum_p, const double *sum_p2, const double *sum_h
         mutual[r] = (float)fmax(entropy - e, 0.0);
     }
 }
+
+/* The input check's scores of `b` images: pixels (b, d) float32 raw 0-255; c_t (cols, d) float64, row j the j-th
+ * column of EvalKernel's projection (the first k: the principal basis / 255, the last: -2 mean / 255); c_bias
+ * (cols,). Per image, in float64: a_j = x . c_t[j] + c_bias[j] (4-lane partial sums over ascending i, added
+ * lane 0 to 3), z2 = (x . x) / 255^2 + a_k, score = max(z2 - sum_{j<k} a_j^2, 0) / d: one image at a time, so a
+ * score never depends on what else is scored with it. `scratch`: d doubles. */
+void mc_scores(const float *pixels, const double *c_t, const double *c_bias, int64_t b, int64_t d, int64_t k,
+               double *out, double *scratch) {
+    for (int64_t r = 0; r < b; r++) {
+        const float *x = pixels + r * d;
+        int64_t i = 0;
+        __m256d sq = _mm256_setzero_pd();
+        for (; i + 4 <= d; i += 4) {
+            const __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(x + i));
+            _mm256_storeu_pd(scratch + i, v);
+            sq = _mm256_fmadd_pd(v, v, sq);
+        }
+        double lanes[4];
+        _mm256_storeu_pd(lanes, sq);
+        double xx = ((lanes[0] + lanes[1]) + lanes[2]) + lanes[3];
+        for (; i < d; i++) {
+            scratch[i] = (double)x[i];
+            xx = fma(scratch[i], scratch[i], xx);
+        }
+        double a[72], tail = 0.0;
+        int64_t j = 0;
+        for (; j + 8 <= k + 1; j += 8) { /* eight columns at once: eight independent chains of 4-lane sums */
+            __m256d acc[8];
+            for (int g = 0; g < 8; g++) acc[g] = _mm256_setzero_pd();
+            for (int64_t q = 0; q + 4 <= d; q += 4) {
+                const __m256d v = _mm256_loadu_pd(scratch + q);
+                for (int g = 0; g < 8; g++) acc[g] = _mm256_fmadd_pd(v, _mm256_loadu_pd(c_t + (j + g) * d + q), acc[g]);
+            }
+            for (int g = 0; g < 8; g++) {
+                _mm256_storeu_pd(lanes, acc[g]);
+                double s = ((lanes[0] + lanes[1]) + lanes[2]) + lanes[3];
+                for (int64_t q = d & ~(int64_t)3; q < d; q++) s = fma(scratch[q], c_t[(j + g) * d + q], s);
+                a[j + g] = s + c_bias[j + g];
+            }
+        }
+        for (; j <= k; j++) { /* the same sums, one column at a time */
+            const double *w = c_t + j * d;
+            __m256d acc = _mm256_setzero_pd();
+            for (int64_t q = 0; q + 4 <= d; q += 4) acc = _mm256_fmadd_pd(_mm256_loadu_pd(scratch + q), _mm256_loadu_pd(w + q), acc);
+            _mm256_storeu_pd(lanes, acc);
+            double s = ((lanes[0] + lanes[1]) + lanes[2]) + lanes[3];
+            for (int64_t q = d & ~(int64_t)3; q < d; q++) s = fma(scratch[q], w[q], s);
+            a[j] = s + c_bias[j];
+        }
+        for (int64_t j = 0; j < k; j++) tail += a[j] * a[j];
+        const double z2 = xx * (1.0 / (255.0 * 255.0)) + a[k];
+        out[r] = fmax(z2 - tail, 0.0) / (double)d;
+    }
+}

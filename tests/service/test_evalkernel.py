@@ -1,4 +1,5 @@
-"""EvalKernel: the numpy eval pass equals the torch model's softmax, and its score the input check's."""
+"""EvalKernel: the numpy eval pass equals the torch model's softmax, and its score the input check's (the numpy
+GEMM's and the C kernel's, which must be built: ``make install``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from mcnet import DropoutMLP, load_artifact
 from mcnet.inputcheck import InputCheck, load_input_check
+from service import mcnative
 from service.evalkernel import EvalKernel
 from service.inference import predict_eval
 
@@ -72,6 +74,33 @@ def test_rows_do_not_depend_on_the_batch(trained: tuple[DropoutMLP, InputCheck],
     batched = kernel(x)
     alone = np.concatenate([kernel(x[i : i + 1]) for i in range(len(x))])
     np.testing.assert_allclose(batched, alone, rtol=1e-6, atol=1e-7)
+
+
+def test_c_scores_equal_the_gemm_to_rounding_and_never_depend_on_the_batch(
+    trained: tuple[DropoutMLP, InputCheck], test_images: Images
+) -> None:
+    """With the C kernel each image is scored alone: bit-identical in every batch (a GEMM's rounding depends on its
+    row count), and the numpy GEMM's score to float64 rounding; read-only pixels (the kernel process's) too."""
+    model, check = trained
+    kernel = EvalKernel(model, check)
+    x = _pixels(test_images)[:100]
+    try:
+        assert mcnative.configure("off").native is False
+        gemm = kernel.scores(x)
+        assert mcnative.configure("on").native is True
+        native = kernel.scores(x)
+        alone = np.concatenate([kernel.scores(x[i : i + 1]) for i in range(len(x))])
+        in_threes = np.concatenate([kernel.scores(x[i : i + 3]) for i in range(0, len(x), 3)])
+        read_only = np.frombuffer(x[:5].tobytes(), np.float32).reshape(5, 28, 28)
+        from_bytes = kernel.scores(read_only)
+    finally:
+        mcnative.configure("auto")
+    assert native.dtype == np.float64 and native.shape == (len(x),)
+    np.testing.assert_allclose(native, gemm, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(alone, native)
+    np.testing.assert_array_equal(in_threes, native)
+    np.testing.assert_array_equal(from_bytes, native[:5])
+    np.testing.assert_allclose(native, _exact_scores(check, x), rtol=1e-6, atol=0)
 
 
 def test_without_an_input_check_the_score_column_is_nan(test_images: Images) -> None:

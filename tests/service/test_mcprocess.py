@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,6 +105,40 @@ def test_an_idle_scheduler_runs_a_small_request_in_its_own_thread_and_a_busy_one
     answers = asyncio.run(main())
     assert process.calls > before  # while one call ran here, the next went to the child
     assert same(answers[0], alone)
+
+
+def test_up_to_mc_process_calls_calls_wait_on_the_child_at_once_and_answers_stay_identical(
+    engine: Engine, process: KernelProcess, test_images: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``MCSERVE_MC_PROCESS_CALLS``: with the child in use, that many calls are in flight to it (it computes them one
+    after another), never more; the threads' bound (``max_calls``) no longer applies."""
+    pixels = test_images[0].astype(np.float32)
+    mc, _ = scheduler(engine, process, max_calls=1, process_calls=3, max_rows=200)
+    assert mc.slots == 3
+    flying, peak = 0, 0
+    call = process.call
+
+    async def counted(*args: Any) -> Any:
+        nonlocal flying, peak
+        flying += 1
+        peak = max(peak, flying)
+        try:
+            return await call(*args)
+        finally:
+            flying -= 1
+
+    monkeypatch.setattr(process, "call", counted)
+    jobs = [(pixels[k : k + 1], 100, 300 + k) for k in range(24)]
+
+    async def main() -> list[MCResult]:
+        return await asyncio.gather(*(mc.submit(x, n, seed, "rest", keep) for x, n, seed in jobs))
+
+    answers = asyncio.run(main())
+    assert peak == 3
+    for (x, n, seed), result in zip(jobs, answers, strict=True):
+        assert same(mc_tiled(engine.loaded.model, x, n, seed), result)
+    mc.process = None
+    assert mc.slots == 1
 
 
 def test_requests_begun_in_the_threads_finish_there_when_the_kernel_process_comes_up_midway(
