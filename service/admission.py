@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from .errors import ServiceError
 from .metrics import Metrics
+from .promfast import set_gauge
 
 _ENDPOINT = "predict_uncertainty"
 BIG_BODY_BYTES = 64 * 1024  # an MC request body over this (about 20 images as JSON) reserves room before it is read
@@ -110,7 +111,7 @@ class Admission:
     def add(self, delta: int) -> None:
         """Admitted work changes by ``delta`` (negative: dispatched to a call, or dropped)."""
         self.queued_work += delta
-        self.metrics.mc_queued_work.set(self.queued_work)
+        set_gauge(self.metrics.mc_queued_work, self.queued_work)
         if delta < 0:
             self._wake()
 

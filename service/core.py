@@ -288,16 +288,26 @@ def uncertain_flags(engine: Engine, mi: list[float], outliers: list[bool | None]
 
 def _summarise(engine: Engine, outcome: MCOutcome) -> MCSummary:
     lists = outcome.result.lists()
-    names = engine.loaded.class_names
+    loaded = engine.loaded
+    names, threshold, check = loaded.class_names, loaded.threshold, loaded.input_check
     mi = lists.mi
-    outliers = outliers_of(engine, outcome.residuals, len(mi))
+    residuals = outcome.residuals
+    outliers: list[bool | None]
+    if residuals is None or check is None:
+        outliers = [None] * len(mi)
+        uncertain = [m > threshold for m in mi]
+    else:  # as outliers_of and uncertain_flags, in one go
+        limit = check.threshold
+        flagged = [r > limit for r in residuals.tolist()]
+        uncertain = [m > threshold or o for m, o in zip(mi, flagged, strict=True)]
+        outliers = list(flagged)
     class_ids = [argmax(mean) for mean in lists.mean]
     return MCSummary(
         labels=[names[i] for i in class_ids],
         outliers=outliers,
         predictive_entropy=lists.pe,
         mutual_information=mi,
-        uncertain=uncertain_flags(engine, mi, outliers),
+        uncertain=uncertain,
         n_samples=outcome.n_samples,
         set_sizes=() if outcome.sets is None else outcome.sets.sizes,
         abstained=0 if outcome.sets is None or outcome.sets.abstain is None else sum(outcome.sets.abstain),

@@ -20,7 +20,11 @@ if TYPE_CHECKING:
 
 
 def argmax(values: Sequence[float]) -> int:
-    return max(range(len(values)), key=values.__getitem__)
+    """The index of the first largest value (as ``numpy.argmax`` for finite values)."""
+    try:
+        return values.index(max(values))  # a quarter of max(range(n), key=...)'s cost
+    except ValueError:  # NaN among the values (max then returns a value index cannot find)
+        return max(range(len(values)), key=values.__getitem__)
 
 
 def _input_fields(loaded: LoadedModel, residuals: list[float] | None, n: int) -> list[tuple[float | None, bool | None]]:

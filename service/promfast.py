@@ -51,3 +51,8 @@ def observe_many(histogram: Any, values: list[float]) -> None:
 def inc(metric: Any, amount: float = 1.0) -> None:
     """``metric.inc(amount)`` of a counter or gauge (``amount`` >= 0 for a counter, as ``Counter.inc`` requires)."""
     metric._value.inc(amount)
+
+
+def set_gauge(gauge: Any, value: float) -> None:
+    """``gauge.set(value)``."""
+    gauge._value.set(float(value))

@@ -37,6 +37,8 @@ def test_fast_calls_expose_exactly_what_prometheus_clients_own_calls_do() -> Non
         c2.labels("x").inc(k % 4)
         promfast.inc(g1, -1.0 if k % 2 else 2.0)
         g2.inc(-1.0 if k % 2 else 2.0)
+    promfast.set_gauge(g1, 7)  # then a set overrides what the incs left
+    g2.set(7)
     finite = [v for v in values if math.isfinite(v)]
     promfast.observe_many(h1.labels("many"), [*finite, math.nan])
     for value in [*finite, math.nan]:
