@@ -1,4 +1,5 @@
-"""The MC kernel's tiles in C (``service/native/mckernel.c``), loaded with ctypes: ``MCSERVE_MC_NATIVE``.
+"""The MC kernel's tiles in C (``service/native/mckernel.c``), loaded with ctypes: ``MCSERVE_MC_NATIVE``; with it
+the input check's scores (:func:`scores`, for ``service.evalkernel``), one image at a time.
 
 The C kernel computes what the numpy kernel (``service.mckernel``) computes, tile by tile, with the same random
 words and the same dropped units; only the rounding of the sums differs (a few float32 ulps), because it adds the
