@@ -18,7 +18,7 @@ VM, one image: about 70 us against 200; 32 images: about 420 us against 740) bec
 
 With the C kernel (``service.mcnative``, ``MCSERVE_MC_NATIVE``) the check's scores come from C instead, the same
 columns one image at a time: an image's score then never depends on what shares its batch (a GEMM's rounding
-does), and a single image costs about 3 us instead of 12.
+does), and a single image costs about 6 us instead of 12.
 
 It knows nothing of HTTP or of batching: ``(B, 784)`` float32 pixels on 0-255 in, rows out.
 """
