@@ -277,7 +277,8 @@ def outliers_of(engine: Engine, residuals: np.ndarray | None, n: int) -> list[bo
     check = engine.loaded.input_check
     if residuals is None or check is None:
         return [None] * n
-    return [bool(r > check.threshold) for r in residuals.tolist()]
+    limit = check.threshold
+    return [r > limit for r in residuals.tolist()]  # Python floats: each comparison is a bool
 
 
 def uncertain_flags(engine: Engine, mi: list[float], outliers: list[bool | None]) -> list[bool]:
@@ -288,19 +289,10 @@ def uncertain_flags(engine: Engine, mi: list[float], outliers: list[bool | None]
 
 def _summarise(engine: Engine, outcome: MCOutcome) -> MCSummary:
     lists = outcome.result.lists()
-    loaded = engine.loaded
-    names, threshold, check = loaded.class_names, loaded.threshold, loaded.input_check
+    names = engine.loaded.class_names
     mi = lists.mi
-    residuals = outcome.residuals
-    outliers: list[bool | None]
-    if residuals is None or check is None:
-        outliers = [None] * len(mi)
-        uncertain = [m > threshold for m in mi]
-    else:  # as outliers_of and uncertain_flags, in one go
-        limit = check.threshold
-        flagged = [r > limit for r in residuals.tolist()]
-        uncertain = [m > threshold or o for m, o in zip(mi, flagged, strict=True)]
-        outliers = list(flagged)
+    outliers = outliers_of(engine, outcome.residuals, len(mi))
+    uncertain = uncertain_flags(engine, mi, outliers)
     class_ids = [argmax(mean) for mean in lists.mean]
     return MCSummary(
         labels=[names[i] for i in class_ids],
