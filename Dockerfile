@@ -51,14 +51,14 @@ COPY service/v2/protogen.py /gen/service/v2/
 COPY service/v2/protos/*.proto /gen/service/v2/protos/
 RUN python /gen/service/v2/protogen.py --root /gen
 
-# ---- nativegen (throwaway): the C Monte Carlo kernel from service/native/mckernel.c ---------------
-# The compiler lives only in this stage; the targets get the library (loaded with ctypes: no Python headers).
+# ---- nativegen (throwaway): the C Monte Carlo kernel and JSON pixel parser from service/native/*.c --------
+# The compiler lives only in this stage; the targets get the libraries (loaded with ctypes: no Python headers).
 FROM base AS nativegen
 RUN set -eux; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev; \
     rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
-COPY service/native/build.py service/native/mckernel.c /gen/service/native/
+COPY service/native/build.py service/native/mckernel.c service/native/mcjson.c /gen/service/native/
 RUN python3 /gen/service/native/build.py
 
 # ---- sources for each target, so training code can never reach the serve image -------------
@@ -67,7 +67,7 @@ COPY pyproject.toml README.md /src/
 COPY mcnet /src/mcnet
 COPY service /src/service
 COPY --from=protogen /gen/service/v2/protos/ /src/service/v2/protos/
-COPY --from=nativegen /gen/service/native/libmckernel.so /src/service/native/
+COPY --from=nativegen /gen/service/native/libmckernel.so /gen/service/native/libmcjson.so /src/service/native/
 
 FROM src-serve AS src-train
 COPY training /src/training

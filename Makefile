@@ -8,7 +8,7 @@ TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 
 STUBS       := service/v2/protos/inference_pb2_grpc.py
 
-NATIVE      := service/native/libmckernel.so
+NATIVE      := service/native/libmckernel.so service/native/libmcjson.so
 
 install: $(VENV)/.installed $(STUBS) $(NATIVE)
 
@@ -21,8 +21,9 @@ $(STUBS): $(wildcard service/v2/protos/*.proto) service/v2/protogen.py | $(VENV)
 	$(PY) service/v2/protogen.py
 	touch $@
 
-# The C Monte Carlo kernel (git-ignored; scripts/install.sh builds it too): rebuilt when its source changes.
-$(NATIVE): service/native/mckernel.c service/native/build.py | $(VENV)/.installed
+# The C Monte Carlo kernel and JSON pixel parser (git-ignored; scripts/install.sh builds them too): rebuilt when a
+# source changes.
+$(NATIVE) &: service/native/mckernel.c service/native/mcjson.c service/native/build.py | $(VENV)/.installed
 	$(PY) service/native/build.py
 
 lint: install

@@ -26,7 +26,7 @@ fi
 # The v2 gRPC stubs from service/v2/protos/*.proto (git-ignored, never edited). Run as a file, the way
 # `python -m service.v2.protogen` does it, but without importing the service package first.
 "$VENV/bin/python" service/v2/protogen.py
-# The C Monte Carlo kernel (service/native/libmckernel.so, git-ignored): needs a C compiler (Debian: gcc).
+# The C Monte Carlo kernel and JSON pixel parser (service/native/*.so, git-ignored): need a C compiler (Debian: gcc).
 if ! command -v "${CC:-cc}" >/dev/null; then
   echo "install: apt packages: gcc libc6-dev (no C compiler)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -21,7 +21,7 @@ from mcnet import ArtifactError, DropoutMLP, load_artifact
 from mcnet.conformal import Conformal, load_conformal
 from mcnet.inputcheck import InputCheck, load_input_check
 
-from . import mcnative
+from . import mcjson, mcnative
 from .evalkernel import EvalKernel
 from .inference import mc_predict, predict_eval
 from .memory import keep_freed_buffers
@@ -132,6 +132,9 @@ class Engine:
             )  # fmt: skip
             if self.mc_code == "numpy" and self.settings.mc_native == "auto":
                 log.warning("the MC kernel runs in numpy, not C: %s", self._mc_reason)
+            json_problem = mcjson.problem()  # loaded here, before the first request needs it
+            if json_problem is not None:
+                log.warning("JSON bodies are parsed without the C pixel parser (slower, same answer): %s", json_problem)
             self._loaded = loaded
             return loaded
 
