@@ -120,6 +120,8 @@ def _specs(model_dir: Path, image: list[int], workers: int, work: Path) -> list[
     body = bodies(image)
     uvicorn = [main_py, "-m", "uvicorn", "--host", "127.0.0.1", "--workers", str(workers), "--log-level", "warning"]
     uvicorn += ["--no-access-log"]
+    # the floors: uvicorn over the HTTP protocol mcserve runs by default (its head and body in one write)
+    floor = [main_py, "-m", "bench.peers.onewrite", "--workers", str(workers)]
     base = "http://127.0.0.1"
     predict_ok, mc_ok = check_predictions(1), check_mc_predictions(1)
 
@@ -160,13 +162,13 @@ def _specs(model_dir: Path, image: list[int], workers: int, work: Path) -> list[
         ),
         ServerSpec(
             "mc_floor",
-            [*uvicorn, "--port", "18127", "bench.peers.mc_floor:app"],
+            [*floor, "--port", "18127", "bench.peers.mc_floor:app"],
             f"{base}:18127/readyz",
             [Endpoint("mc_floor", f"{base}:18127/predict/uncertainty", body["mc"], check_json_object, mc=True)],
         ),
         ServerSpec(
             "bare_uvicorn",
-            [*uvicorn, "--port", "18120", "bench.peers.bare:app"],
+            [*floor, "--port", "18120", "bench.peers.bare:app"],
             f"{base}:18120/readyz",
             [Endpoint("bare_uvicorn", f"{base}:18120/predict", body["predict"], check_json_object)],
         ),
@@ -418,7 +420,8 @@ def run(
         "probabilities, population variance and mutual information per image; dynamic batching on: LitServe "
         "max_batch_size 64, batch_timeout 5 ms; TorchServe batchSize 64, maxBatchDelay 5 ms; Triton "
         "max_batch_size 64, default dynamic batcher",
-        "mc_floor": "bare uvicorn raw ASGI app: body read, not parsed; the requests waiting at once coalesced into one "
+        "mc_floor": "bare uvicorn raw ASGI app over mcserve's default HTTP protocol (service.httpproto: head and body "
+        "in one write; bench.peers.onewrite): body read, not parsed; the requests waiting at once coalesced into one "
         "service.inference.mc_predict call (one fixed image repeated B times, T=100, chunk_size 8192) in one worker "
         "thread, torch 1 thread; constant answer",
         "mc_kernel_us_per_image_b32_t100": "service.inference.mc_predict, B=32 (the first 32 Fashion-MNIST test "

@@ -142,6 +142,10 @@ def main() -> int:
     gc.set_threshold(20_000, 50, 100)
 
     def serve(app: Any, **extra: Any) -> None:
+        if settings.http_one_write:
+            from .httpproto import OneWriteProtocol
+
+            extra["http"] = OneWriteProtocol
         uvicorn.run(
             app,
             host=settings.host,

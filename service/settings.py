@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         description="text: one line per record; json: one JSON object per line (time, level, logger, message, "
         "request_id) for log pipelines",
     )
+    http_one_write: bool = Field(
+        default=True,
+        description="send each HTTP response's head and body in one socket write (service.httpproto); false: "
+        "uvicorn's own protocol, two writes",
+    )
     access_log: bool = Field(default=False, description="uvicorn's per-request access log (independent of log_level)")
     graceful_shutdown_s: int = Field(
         default=8, ge=1, description="on SIGTERM, seconds in-flight requests get to finish (below Docker's 10 s)"

@@ -1,6 +1,7 @@
 """The floor under mcserve's ``/predict/uncertainty``: the batched MC kernel behind a bare uvicorn endpoint.
 
-``app`` is a raw ASGI callable (``uvicorn bench.peers.mc_floor:app``, no FastAPI) that reads each POST body to
+``app`` is a raw ASGI callable (``python -m bench.peers.onewrite bench.peers.mc_floor:app --port P``: uvicorn
+over the HTTP protocol mcserve runs by default, no FastAPI) that reads each POST body to
 the end and does not parse it: every request stands for one fixed test image with T = 100. The requests waiting
 at a given moment are coalesced into one call of the service's kernel, ``service.inference.mc_predict(model, x,
 100, generator, chunk_size=8192)`` with ``x`` that image repeated B times, run in one worker thread (torch with

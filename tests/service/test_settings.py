@@ -66,3 +66,9 @@ def test_access_log_is_off_by_default_and_read_from_the_environment(monkeypatch:
     assert Settings().access_log is False
     monkeypatch.setenv("MCSERVE_ACCESS_LOG", "true")
     assert Settings().access_log is True
+
+
+def test_http_one_write_is_on_by_default_and_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().http_one_write is True
+    monkeypatch.setenv("MCSERVE_HTTP_ONE_WRITE", "false")
+    assert Settings().http_one_write is False
