@@ -2,8 +2,8 @@
 
 uvicorn writes a response's status line and headers to the socket at ``http.response.start`` and its body at
 ``http.response.body``: two ``send`` system calls, and on a loopback or LAN connection two segments the client
-reads one at a time. For this service's small JSON answers the first of them cost as much as the second: together
-about a sixth of the event loop's time per ``/predict/uncertainty`` request at c = 64 (py-spy). Here the head is
+reads one at a time. For this service's small JSON answers the two took about a sixth of the event loop's time per
+``/predict/uncertainty`` request at c = 64 (py-spy), the head's alone about an eighth. Here the head is
 held until the response's first body bytes come, and both go in one write; the head waits no longer than the
 current turn of the event loop (a response whose body comes later, a stream say, gets its head at the end of that
 turn), so nothing is delayed that a client could see. Everything else is uvicorn's own protocol, unchanged.

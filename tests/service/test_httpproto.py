@@ -188,3 +188,17 @@ def test_a_malformed_request_gets_uvicorns_400_and_the_connection_closes(server:
         while chunk := sock.recv(65536):
             data += chunk
     assert data.startswith(b"HTTP/1.1 400")
+
+
+def test_a_head_request_gets_its_head_and_no_body(server: int) -> None:
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as sock:
+        sock.sendall(b"HEAD /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk
+            data += chunk
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):  # nothing follows the head (and the connection stays open)
+            data += sock.recv(65536)
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"\r\n\r\n")
