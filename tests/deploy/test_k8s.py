@@ -496,14 +496,14 @@ def test_hpa_arithmetic_keeps_replicas_below_the_benchmarked_capacity() -> None:
     assert cap["mc"] < cap["predict"]  # the Monte Carlo endpoint is the binding one
     # docs/scaling.md: target = floor(0.6 x the MC capacity, to 100 req/s); even at the HPA's 10 % tolerance a
     # replica stays under two thirds of what it can serve
-    assert target == math.floor(0.6 * cap["mc"] / 100) * 100 == 5000
+    assert target == math.floor(0.6 * cap["mc"] / 100) * 100 == 1800
     assert target * 1.1 < 0.67 * cap["mc"]
     # worked examples of docs/scaling.md
-    assert hpa_desired(2, 6000, target, lo, hi) == 3  # 12,000 req/s on 2 replicas
-    assert hpa_desired(4, 5000, target, lo, hi) == 4  # settled: 5,000 <= 5,000
-    assert hpa_desired(4, 5400, target, lo, hi) == 4  # within the 10 % tolerance
+    assert hpa_desired(2, 2160, target, lo, hi) == 3  # 4,320 req/s on 2 replicas
+    assert hpa_desired(4, 1800, target, lo, hi) == 4  # settled: 1,800 <= 1,800
+    assert hpa_desired(4, 1950, target, lo, hi) == 4  # within the 10 % tolerance
     assert hpa_desired(4, 300, target, lo, hi) == 2  # quiet: back to minReplicas (after the 5-min window)
-    assert hpa_desired(20, 6000, target, lo, hi) == hi
+    assert hpa_desired(20, 2200, target, lo, hi) == hi
     # for every total load the fleet can serve, the settled replica count keeps each replica below capacity
     for total in range(0, int(hi * target), 50):
         replicas = lo
@@ -516,6 +516,6 @@ def test_hpa_arithmetic_keeps_replicas_below_the_benchmarked_capacity() -> None:
     # a step from a settled fleet to the benchmarked capacity of every replica is one scale-up away, within policy
     settled = 4
     step = hpa_desired(settled, cap["mc"], target, lo, hi)
-    assert step == math.ceil(settled * cap["mc"] / target)  # 7 with the 8,389 req/s of the current benchmarks.md
+    assert step == math.ceil(settled * cap["mc"] / target)  # 7 with the 3,085 req/s of the current benchmarks.md
     policies = {p["type"]: p["value"] for p in hpa["behavior"]["scaleUp"]["policies"]}
     assert step - settled <= max(policies["Pods"], settled * policies["Percent"] // 100)
