@@ -114,6 +114,18 @@ static int key(const char *p, const char *end, const char **next) {
     return 0;
 }
 
+/* After a list's or an object's member: 1 and `*at` past a comma (and its spaces) when another member follows, 0
+ * and `*at` on `close` when the list or object ends there, -1 for anything else. */
+static inline int next_member(const char **at, const char *end, char close) {
+    const char *p = ws(*at, end);
+    if (p < end && *p == ',') {
+        *at = ws(p + 1, end);
+        return 1;
+    }
+    *at = p;
+    return p < end && *p == close ? 0 : -1;
+}
+
 /* Parse body[0:len]: the number of images written to out (room for `room` images of 784 float32), with
  * ints[0] = n_samples and ints[1] = seed and *present the bits of the keys seen; 0 when the body is not of the
  * accepted form (or has more than `room` images). `allowed`: the bits of the keys the endpoint takes. */
@@ -141,26 +153,18 @@ int64_t mc_json_pixels(const char *body, int64_t len, int64_t allowed, float *ou
                 p = image(p, end, out + images * PIXELS);
                 if (p == NULL) return 0;
                 images++;
-                p = ws(p, end);
-                if (p < end && *p == ',') {
-                    p = ws(p + 1, end);
-                    continue;
-                }
-                if (p < end && *p == ']') break;
-                return 0;
+                const int more = next_member(&p, end, ']');
+                if (more < 0) return 0;
+                if (!more) break;
             }
             p++;
         } else {
             p = integer(p, end, &ints[bit == KEY_N_SAMPLES ? 0 : 1]);
             if (p == NULL) return 0;
         }
-        p = ws(p, end);
-        if (p < end && *p == ',') {
-            p = ws(p + 1, end);
-            continue;
-        }
-        if (p < end && *p == '}') break;
-        return 0;
+        const int more = next_member(&p, end, '}');
+        if (more < 0) return 0;
+        if (!more) break;
     }
     if (ws(p + 1, end) != end || !(seen & KEY_IMAGES)) return 0;
     *present = seen;
