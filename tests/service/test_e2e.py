@@ -146,6 +146,10 @@ def test_several_workers_share_the_port_and_every_scrape_counts_all_of_them(
                 served = [_predict_count(f) for f in _worker_files(metrics_dir, "counter")]
                 if len(served) == 2 and min(served) > 0:
                     break
+        settle = time.monotonic() + 5  # a worker counts a request just after writing its answer: let the last land
+        while sum(served) != n and time.monotonic() < settle:
+            time.sleep(0.05)
+            served = [_predict_count(f) for f in _worker_files(metrics_dir, "counter")]
         assert len(served) == 2 and min(served) > 0 and sum(served) == n, served  # each worker's own file
         assert not (metrics_dir / "counter_1.db").exists()
         for _ in range(4):  # whichever worker answers the scrape, it reports the sum over both
