@@ -18,7 +18,6 @@ verifies version, schema and every checksum before any tensor reaches a model.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -30,44 +29,40 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from mcnet.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    MODEL_NAME,
+    WEIGHTS_FILE,
+    ArtifactError,
+    manifest_checksum,
+    read_manifest,
+    sha256_file,
+    verified_file,
+    verified_weights,
+)
 from mcnet.network import CLASS_NAMES, Architecture, DropoutMLP, InputSpec
 
 if TYPE_CHECKING:
     from mcnet.conformal import Conformal
     from mcnet.inputcheck import InputCheck
 
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-MANIFEST_FILE = "manifest.json"
-MODEL_NAME = "fashion-mnist-dropout-mlp"
-
-
-class ArtifactError(RuntimeError):
-    """An artifact that cannot be trusted or used; the message says what to do."""
-
-    def __init__(self, path: Path | str, problem: str) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        artifact_dir = self.path.parent if self.path.suffix in {".json", ".safetensors"} else self.path
-        super().__init__(
-            f"{self.path}: {problem}. Re-export the model with "
-            f"`python -m training --out {artifact_dir}` "
-            "or point MCSERVE_MODEL_DIR at a valid artifact directory."
-        )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _manifest_checksum(manifest: Mapping[str, Any]) -> str:
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+__all__ = [  # the manifest's names are re-exported: callers load and verify through one module
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "MODEL_NAME",
+    "WEIGHTS_FILE",
+    "ArtifactError",
+    "atomic_directory",
+    "load_artifact",
+    "manifest_checksum",
+    "read_manifest",
+    "save_artifact",
+    "sha256_file",
+    "verified_file",
+    "verified_weights",
+    "write_artifact_files",
+]
 
 
 @contextlib.contextmanager
@@ -138,7 +133,7 @@ def write_artifact_files(
         **(dict(extra) if extra else {}),
     }
     manifest["version"] = manifest.get("version") or manifest["weights"]["sha256"][:12]
-    manifest["manifest_sha256"] = _manifest_checksum(manifest)
+    manifest["manifest_sha256"] = manifest_checksum(manifest)
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
@@ -147,44 +142,6 @@ def save_artifact(out_dir: Path | str, model: DropoutMLP, **kwargs: Any) -> dict
     """Atomically write a complete artifact to ``out_dir`` and return its manifest."""
     with atomic_directory(out_dir) as staging:
         return write_artifact_files(staging, model, **kwargs)
-
-
-_REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "format_version": int,
-    "name": str,
-    "version": str,
-    "architecture": dict,
-    "input": dict,
-    "class_names": list,
-    "uncertainty": dict,
-    "weights": dict,
-    "created_at": str,
-    "manifest_sha256": str,
-}
-
-
-def read_manifest(directory: Path | str) -> dict[str, Any]:
-    """Read and validate ``manifest.json`` (version, schema, self-checksum)."""
-    path = Path(directory) / MANIFEST_FILE
-    if not Path(directory).is_dir():
-        raise ArtifactError(directory, "model directory does not exist or is not a directory")
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(path, "manifest.json is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(path, f"manifest.json cannot be read ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise ArtifactError(path, "manifest.json must hold a JSON object")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ArtifactError(path, f"format_version {version!r} is not supported (this build reads {FORMAT_VERSION})")
-    for key, kind in _REQUIRED.items():
-        if not isinstance(manifest.get(key), kind):
-            raise ArtifactError(path, f"manifest field {key!r} is missing or not a {getattr(kind, '__name__', kind)}")
-    if _manifest_checksum(manifest) != manifest["manifest_sha256"]:
-        raise ArtifactError(path, "manifest checksum mismatch: manifest.json was edited or corrupted")
-    return manifest
 
 
 def load_artifact(directory: Path | str, device: str | torch.device = "cpu") -> tuple[DropoutMLP, dict[str, Any]]:
@@ -196,8 +153,6 @@ def load_artifact(directory: Path | str, device: str | torch.device = "cpu") -> 
         arch = Architecture.from_json(manifest["architecture"])
         spec = InputSpec.from_json(manifest["input"])
         threshold = float(manifest["uncertainty"]["threshold"])
-        expected_sha = str(manifest["weights"]["sha256"])
-        weights_name = str(manifest["weights"]["file"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(mpath, f"manifest schema error ({exc!r})") from None
     class_names = manifest["class_names"]
@@ -205,20 +160,7 @@ def load_artifact(directory: Path | str, device: str | torch.device = "cpu") -> 
         raise ArtifactError(mpath, "class_names must be one string per output class")
     if not threshold >= 0.0:
         raise ArtifactError(mpath, "uncertainty threshold must be a non-negative number")
-    if Path(weights_name).name != weights_name:
-        raise ArtifactError(mpath, "weights file must be a plain file name inside the artifact directory")
-    wpath = directory / weights_name
-    if not wpath.is_file():
-        raise ArtifactError(wpath, "weights file is missing")
-    try:
-        actual_sha = sha256_file(wpath)
-    except OSError as exc:
-        raise ArtifactError(wpath, f"weights file cannot be read ({exc.strerror})") from None
-    if actual_sha != expected_sha:
-        raise ArtifactError(
-            wpath,
-            f"sha256 mismatch (manifest {expected_sha[:12]}, file {actual_sha[:12]}): weights corrupted or tampered",
-        )
+    wpath = verified_weights(directory, manifest)
     try:
         tensors = load_file(str(wpath))
     except Exception as exc:  # safetensors raises several types for malformed files
@@ -230,23 +172,6 @@ def load_artifact(directory: Path | str, device: str | torch.device = "cpu") -> 
         raise ArtifactError(wpath, f"weights do not match the manifest's architecture ({exc})") from None
     model.eval()
     return model.to(device), manifest
-
-
-def verified_file(directory: Path | str, name: str, expected_sha256: str, what: str) -> Path:
-    """The path of an artifact's extra file ``name`` (input check, conformal calibration) after checking it is a plain
-    file name in ``directory``, exists and has the manifest's sha256; :class:`ArtifactError` otherwise."""
-    if Path(name).name != name:
-        raise ArtifactError(
-            Path(directory) / MANIFEST_FILE, f"{what} file must be a plain file name inside the artifact directory"
-        )
-    path = Path(directory) / name
-    if not path.is_file():
-        raise ArtifactError(path, f"{what} file is missing")
-    actual = sha256_file(path)
-    if actual != expected_sha256:
-        problem = f"sha256 mismatch (manifest {expected_sha256[:12]}, file {actual[:12]}): corrupted or tampered"
-        raise ArtifactError(path, problem)
-    return path
 
 
 def _utc_now() -> str:

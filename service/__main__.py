@@ -96,6 +96,17 @@ def _tls_problem(settings: Settings) -> str | None:
     return None
 
 
+def _artifact_problem(settings: Settings) -> str | None:
+    """What is wrong with the artifact's manifest or weights file, found without torch (the load checks them again)."""
+    from mcnet.manifest import ArtifactError, read_manifest, verified_weights
+
+    try:
+        verified_weights(settings.model_dir, read_manifest(settings.model_dir))
+    except ArtifactError as exc:
+        return str(exc)
+    return None
+
+
 def main() -> int:
     try:
         settings = Settings()
@@ -104,6 +115,13 @@ def main() -> int:
     from .requestid import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)  # text or json; every line carries the request id
+    # The port, keys file, TLS files and the artifact's manifest and weights checksum are checked before torch is
+    # imported: a typo or a broken artifact fails in a fraction of a second, not after the seconds torch takes.
+    problem = (
+        _grpc_port_problem(settings) or _keys_problem(settings) or _tls_problem(settings) or _artifact_problem(settings)
+    )
+    if problem is not None:
+        return _fail(problem)
     if settings.torch_threads > 0:  # numpy's OpenBLAS reads this once, when numpy is first imported (just below)
         os.environ["OPENBLAS_NUM_THREADS"] = str(settings.torch_threads)
     from mcnet import ArtifactError
@@ -111,9 +129,6 @@ def main() -> int:
     from .engine import DeviceError, Engine
     from .mcnative import NativeKernelError
 
-    problem = _grpc_port_problem(settings) or _keys_problem(settings) or _tls_problem(settings)
-    if problem is not None:
-        return _fail(problem)
     if settings.api_keys_file is None and not settings.loopback:
         logging.getLogger("service").warning(
             "listening on %s without API keys: anyone who can reach port %d may run Monte Carlo work and read "

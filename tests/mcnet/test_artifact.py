@@ -107,7 +107,7 @@ def test_truncated_weights_are_refused_even_with_matching_checksum(tmp_path: Pat
     mpath = out / mcnet.MANIFEST_FILE
     manifest = json.loads(mpath.read_text())
     manifest["weights"]["sha256"] = mcnet.sha256_file(wpath)
-    manifest["manifest_sha256"] = mcnet.artifact._manifest_checksum(manifest)
+    manifest["manifest_sha256"] = mcnet.artifact.manifest_checksum(manifest)
     mpath.write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="not valid safetensors"):
         load_artifact(out)

@@ -318,7 +318,7 @@ def test_wrong_group_count_in_a_resigned_manifest_is_refused(tmp_path: Path, met
     mpath = out / mcnet.MANIFEST_FILE
     manifest = json.loads(mpath.read_text())
     manifest["conformal"]["groups"] = groups
-    manifest["manifest_sha256"] = mcnet.artifact._manifest_checksum(manifest)
+    manifest["manifest_sha256"] = mcnet.artifact.manifest_checksum(manifest)
     mpath.write_text(json.dumps(manifest))
     expected = 10 if method == "mondrian_lac" else 1
     with pytest.raises(ArtifactError, match=f"{groups} score groups, expected {expected}"):

@@ -3,6 +3,7 @@ ones, and the process exits 0; the health service says NOT_SERVING while it drai
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -13,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.v2.stubs import pb, pb_grpc
 
@@ -21,6 +23,14 @@ from .conftest import start_server
 pytestmark = pytest.mark.slow  # real servers, child processes or training runs: `make test`, not test-fast
 
 MC = "fashion-mnist-dropout-mlp-mc"
+
+
+def _in_flight(url: str) -> float:
+    """``mcserve_http_requests_in_flight`` (HTTP and gRPC calls being served, this scrape included)."""
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text):
+        if family.name == "mcserve_http_requests_in_flight":
+            return sum(sample.value for sample in family.samples)
+    raise AssertionError("no mcserve_http_requests_in_flight on /metrics")
 
 
 def _mc_request(images: np.ndarray, passes: int) -> object:
@@ -54,15 +64,23 @@ def test_sigterm_drains_in_flight_grpc_and_http_calls_then_exits_0(
                 results["grpc"] = exc
             results["grpc_done"] = time.monotonic()
 
+        body = json.dumps({"images": images.tolist(), "n_samples": 8000, "seed": 4}).encode()  # encoded up front
+        headers = {"content-type": "application/json"}
+
         def http_call() -> None:
-            body = {"images": images.tolist(), "n_samples": 8000, "seed": 4}
-            results["http"] = httpx.post(f"{server.url}/predict/uncertainty", json=body, timeout=60).status_code
+            answer = httpx.post(f"{server.url}/predict/uncertainty", content=body, headers=headers, timeout=60)
+            results["http"] = answer.status_code
             results["http_done"] = time.monotonic()
 
         workers = [threading.Thread(target=grpc_call), threading.Thread(target=http_call)]
         for w in workers:
             w.start()
-        time.sleep(0.2)  # both calls are running (2,048,000 passes each: over a second even with the C kernel)
+        # Signal only once the server holds both calls (2,048,000 passes each: over a second even with the C kernel);
+        # a fixed sleep raced a slow client on a slow machine, whose request then met a closed port.
+        deadline = time.monotonic() + 30
+        while _in_flight(server.url) < 3 and time.monotonic() < deadline:  # the two calls and this scrape
+            time.sleep(0.01)
+        assert all(w.is_alive() for w in workers), results
         signalled = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         for w in workers:
