@@ -12,7 +12,8 @@ An artifact is a directory holding
   abstention), with its own sha256 in the manifest.
 
 Writes are atomic (a staging directory is renamed into place) and loading
-verifies version, schema and every checksum before any tensor reaches a model.
+verifies version, schema and every checksum before any tensor reaches a model; those checks
+live in ``mcnet.manifest`` (standard library only), re-exported here.
 """
 
 from __future__ import annotations
