@@ -25,13 +25,20 @@ if TYPE_CHECKING:
     )
     from mcnet.network import CLASS_NAMES, IMAGE_SIDE, PIXEL_MAX, Architecture, DropoutMLP, InputSpec
 
-_HOME = {
+_HOME = {  # re-exported name -> the module that defines it
     **dict.fromkeys(["atomic_directory", "load_artifact", "save_artifact", "write_artifact_files"], "mcnet.artifact"),
     **dict.fromkeys(
-        ["FORMAT_VERSION", "MANIFEST_FILE", "MODEL_NAME", "WEIGHTS_FILE", "ArtifactError", "read_manifest"],
+        [
+            "FORMAT_VERSION",
+            "MANIFEST_FILE",
+            "MODEL_NAME",
+            "WEIGHTS_FILE",
+            "ArtifactError",
+            "read_manifest",
+            "sha256_file",
+        ],
         "mcnet.manifest",
     ),
-    "sha256_file": "mcnet.manifest",
     **dict.fromkeys(
         ["CLASS_NAMES", "IMAGE_SIDE", "PIXEL_MAX", "Architecture", "DropoutMLP", "InputSpec"], "mcnet.network"
     ),

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,11 +62,11 @@ def _edit_manifest(d: Path) -> None:
     ids=["tampered weights", "no manifest", "edited manifest"],
 )
 def test_a_broken_artifact_fails_before_torch_is_imported(
-    breaker: object, expected: str, trained_artifact: Path, tmp_path: Path
+    breaker: Callable[[Path], None], expected: str, trained_artifact: Path, tmp_path: Path
 ) -> None:
     model = tmp_path / "model"
     shutil.copytree(trained_artifact, model)
-    breaker(model)  # type: ignore[operator]
+    breaker(model)
     result, stderr = _probe(model)
     assert result == {"code": 2, "torch": False}, (result, stderr)
     assert expected in stderr, stderr
