@@ -429,8 +429,9 @@ def run(
         "torch.set_num_threads(1) (numpy's BLAS: mc_kernel_numpy_blas_threads), glibc keep-freed-buffers as "
         "the service sets it; median of bench.timing.time_call",
         "mc_efficiency": "req/s at c=64 x mc_kernel_us_per_image_b32_t100 / 1e6",
-        "mc_rounds": f"mcserve, the MC floor and the MC peers all running; {mcrounds.MC_ROUNDS} rounds of wrk at c=64 "
-        f"for {mcrounds.ROUND_S:g} s on each MC endpoint in turn (order rotating by one per round); ratios per round, "
+        "mc_rounds": f"mcserve, the MC floor and the MC peers all started; {mcrounds.MC_ROUNDS} rounds of wrk at c=64 "
+        f"for {mcrounds.ROUND_S:g} s on each MC endpoint in turn (order rotating by one per round; the other servers "
+        "paused with SIGSTOP meanwhile, so their idle threads take no CPU from it); ratios per round, "
         "then their median (mc_rounds_efficiency_c64: the median mcserve req/s x the kernel's us per image / 1e6)",
         "mc_batch_ab": f"two mcserve servers side by side, MCSERVE_MC_BATCH=true and false; {AB_ROUNDS} rounds, each "
         f"running wrk at c=1 for {AB_ROUND_S:g} s on each (the side going first alternates), after "

@@ -5,6 +5,11 @@ percent within minutes, so a ratio of two of them carries that drift. Here every
 left running; then ``MC_ROUNDS`` rounds each run wrk at c = 64 on every MC endpoint in turn (the order rotating by
 one each round), and each round's ratios (mcserve ÷ the best peer of that round, mcserve ÷ the floor) use numbers
 measured seconds apart. The claims are the medians of the per-round ratios; every round's req/s is kept.
+
+While one endpoint is measured, the other servers are paused (SIGSTOP to their process groups, SIGCONT after):
+left running, the idle servers used 0.10-0.15 of a core between them (LitServe's queue polling above all), which
+every measured server lost to them; that is no part of any design's work (measured 2026-12-04: the rounds' req/s
+rose 5-20 % for every server, mcserve ÷ floor moved by +0.03 in each round).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ def run(
     in its own folder under ``work``); the ``mc_rounds_*`` keys, or ``mc_rounds_error`` when a server cannot run."""
     wanted = {SERVICE, FLOOR, *PEERS}
     endpoints: list[Any] = []
+    groups: dict[str, int] = {}  # endpoint label -> its server's process group (the leader's PID)
     try:
         with contextlib.ExitStack() as stack:
             for spec in specs:
@@ -50,15 +56,18 @@ def run(
                     spec.prepare(cwd)
                 spec_env = {**env, **spec.env}
                 serving = procs.serve(f"rounds_{spec.name}", spec.cmd, spec.ready_url, spec_env, log_dir, cwd=cwd)
-                stack.enter_context(serving)
+                server = stack.enter_context(serving)
                 endpoints.extend(mine)
+                groups.update((ep.label, server.proc.pid) for ep in mine)
             for ep in endpoints:
                 post_ok(ep.url, ep.body)  # warm: every server answers before the first round
             rps: dict[str, list[float]] = {ep.label: [] for ep in endpoints}
             for r in range(rounds):
                 order = endpoints[r % len(endpoints) :] + endpoints[: r % len(endpoints)]
                 for ep in order:
-                    res = run_wrk(ep.url, ep.body, 64, duration_s)
+                    others = {pgid for label, pgid in groups.items() if pgid != groups[ep.label]}
+                    with procs.paused(others):
+                        res = run_wrk(ep.url, ep.body, 64, duration_s)
                     rps[ep.label].append(res.rps if res.errors == 0 else 0.0)
                     print(f"bench http: round {r + 1} {ep.label} c=64: {res.rps:.0f} req/s", flush=True)
     except Exception as exc:  # a server that cannot run: the rounds are recorded as not run, the rest goes on
