@@ -1,4 +1,4 @@
-"""Interleaved rounds of the MC comparison at c = 64: mcserve, the MC floor and the MC peers, up at once.
+"""Interleaved rounds of the MC comparison at c = 64: mcserve, the MC floor and the MC peers, all started at once.
 
 The per-server runs of ``bench http`` measure each server minutes apart, and this VM's speed drifts by tens of
 percent within minutes, so a ratio of two of them carries that drift. Here every MC server is started first and
