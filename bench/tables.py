@@ -449,7 +449,8 @@ def rounds_text(h: dict[str, Any]) -> str:
     per_server = "; ".join(f"{names.get(label, label)} {series(values)}" for label, values in rps.items())
     return (
         f"Interleaved MC rounds (every MC server started, wrk c=64 on each in turn with the others paused, the order "
-        f"rotating; req/s per round): {per_server}. mcserve ÷ the round's best peer: {series(h.get('mc_rounds_vs_best_peer_c64'))} "
+        f"rotating; req/s per round): {per_server}. mcserve ÷ the round's best peer: "
+        f"{series(h.get('mc_rounds_vs_best_peer_c64'))} "
         f"(median {fmt(h.get('mc_rounds_vs_best_peer_c64_median'), 2)}); ÷ the round's floor: "
         f"{series(h.get('mc_rounds_vs_floor_c64'))} (median {fmt(h.get('mc_rounds_vs_floor_c64_median'), 2)}); "
         f"efficiency at the median mcserve req/s: {fmt(h.get('mc_rounds_efficiency_c64'), 2)}."
