@@ -78,13 +78,14 @@ def run(variants: list[Variant], model_dir: Path, rounds: int, seconds: float, l
     urls: dict[str, str] = {}
     groups: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
-        env = procs.server_env(model_dir, 1, ROOT)
+        env = procs.server_env(model_dir, 1, ROOT) | {"OPENBLAS_NUM_THREADS": "1"}  # as ``bench http`` runs them
         floor_cmd = [py, "-m", "bench.peers.onewrite", "--port", str(PORT), "bench.peers.mc_floor:app"]
         server = stack.enter_context(procs.serve(FLOOR, floor_cmd, f"http://127.0.0.1:{PORT}/readyz", env, log_dir))
         urls[FLOOR], groups[FLOOR] = f"http://127.0.0.1:{PORT}/predict/uncertainty", server.proc.pid
         for i, v in enumerate(variants, start=1):
             port = PORT + i
-            env = procs.server_env(model_dir, 1, v.root) | {"MCSERVE_HOST": "127.0.0.1", "MCSERVE_PORT": str(port)}
+            env = procs.server_env(model_dir, 1, v.root) | {"OPENBLAS_NUM_THREADS": "1", "MCSERVE_PORT": str(port)}
+            env["MCSERVE_HOST"] = "127.0.0.1"
             env |= {"MCSERVE_LOG_LEVEL": "warning", "MCSERVE_GRPC_PORT": "0", "MCSERVE_WORKERS": "1", **v.settings}
             ready = f"http://127.0.0.1:{port}/readyz"
             server = stack.enter_context(procs.serve(v.name, [py, "-m", "service"], ready, env, log_dir, cwd=v.root))
