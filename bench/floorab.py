@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from bench import procs
 from bench.artifact import sample_image
-from bench.loadgen import run_wrk
+from bench.mcrounds import interleave
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOOR = "floor"
@@ -90,17 +90,9 @@ def run(variants: list[Variant], model_dir: Path, rounds: int, seconds: float, l
             ready = f"http://127.0.0.1:{port}/readyz"
             server = stack.enter_context(procs.serve(v.name, [py, "-m", "service"], ready, env, log_dir, cwd=v.root))
             urls[v.name], groups[v.name] = f"http://127.0.0.1:{port}/predict/uncertainty", server.proc.pid
-        labels = list(urls)
-        rps: dict[str, list[float]] = {label: [] for label in labels}
-        for r in range(-1, rounds):  # round -1 warms every server up and is not kept
-            order = labels[r % len(labels) :] + labels[: r % len(labels)] if r >= 0 else labels
-            for label in order:
-                with procs.paused({pgid for other, pgid in groups.items() if other != label}):
-                    res = run_wrk(urls[label], body, 64, seconds if r >= 0 else 2.0)
-                if r >= 0:
-                    rps[label].append(res.rps if res.errors == 0 else 0.0)
-            if r >= 0:
-                print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rps.items()), flush=True)
+        targets = [(label, url, body) for label, url in urls.items()]
+        interleave(targets, groups, 1, 2.0, "bench.floorab warm-up")  # not kept: first calls allocate
+        rps = interleave(targets, groups, rounds, seconds, "bench.floorab")
     return summarise(rps, [v.name for v in variants])
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,18 +61,27 @@ def run(
                 groups.update((ep.label, server.proc.pid) for ep in mine)
             for ep in endpoints:
                 post_ok(ep.url, ep.body)  # warm: every server answers before the first round
-            rps: dict[str, list[float]] = {ep.label: [] for ep in endpoints}
-            for r in range(rounds):
-                order = endpoints[r % len(endpoints) :] + endpoints[: r % len(endpoints)]
-                for ep in order:
-                    others = {pgid for label, pgid in groups.items() if pgid != groups[ep.label]}
-                    with procs.paused(others):
-                        res = run_wrk(ep.url, ep.body, 64, duration_s)
-                    rps[ep.label].append(res.rps if res.errors == 0 else 0.0)
-                    print(f"bench http: round {r + 1} {ep.label} c=64: {res.rps:.0f} req/s", flush=True)
+            targets = [(ep.label, ep.url, ep.body) for ep in endpoints]
+            rps = interleave(targets, groups, rounds, duration_s, "bench http")
     except Exception as exc:  # a server that cannot run: the rounds are recorded as not run, the rest goes on
         return {"mc_rounds_error": f"{type(exc).__name__}: {exc}"[:2000]}
     return summarise(rps)
+
+
+def interleave(
+    targets: Sequence[tuple[str, str, str]], groups: Mapping[str, int], rounds: int, duration_s: float, name: str
+) -> dict[str, list[float]]:
+    """``rounds`` rounds of wrk at c = 64 for ``duration_s`` on each ``(label, url, body)`` in turn, the order rotating
+    by one per round, every other server's process group (``groups``: label -> group) paused meanwhile; each
+    label's req/s per round (0 for a run with errors)."""
+    rps: dict[str, list[float]] = {label: [] for label, _, _ in targets}
+    for r in range(rounds):
+        for label, url, body in [*targets[r % len(targets) :], *targets[: r % len(targets)]]:
+            with procs.paused({pgid for pgid in groups.values() if pgid != groups[label]}):
+                res = run_wrk(url, body, 64, duration_s)
+            rps[label].append(res.rps if res.errors == 0 else 0.0)
+            print(f"{name}: round {r + 1} {label} c=64: {res.rps:.0f} req/s", flush=True)
+    return rps
 
 
 def summarise(rps: dict[str, list[float]]) -> dict[str, Any]:
@@ -80,7 +89,7 @@ def summarise(rps: dict[str, list[float]]) -> dict[str, Any]:
     svc = rps.get(SERVICE, [])
     peers = [label for label in PEERS if label in rps]
     best = [max(rps[p][r] for p in peers) for r in range(len(svc))] if peers else []
-    vs_peer = [s / b for s, b in zip(svc, best, strict=True) if b > 0]
+    vs_peer = [s / b for s, b in zip(svc, best, strict=True) if b > 0] if peers else []
     vs_floor = [s / f for s, f in zip(svc, rps.get(FLOOR, []), strict=False) if f > 0]
     out: dict[str, Any] = {
         "mc_rounds_error": None,

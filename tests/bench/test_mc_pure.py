@@ -308,3 +308,11 @@ def test_mc_rounds_ratios_are_per_round_against_that_rounds_best_peer_and_their_
         and out["mc_rounds_vs_floor_c64_median"] == (2000 / 3000 + 1.0) / 2
     )
     assert out["mc_rounds_rps_c64_median"] == 2200.0 and out["mc_rounds_error"] is None
+
+
+def test_mc_rounds_without_peers_still_give_the_floor_ratios() -> None:
+    from bench import mcrounds
+
+    out = mcrounds.summarise({"uncertainty_t100": [2000.0, 2400.0], "mc_floor": [2500.0, 3000.0]})
+    assert out["mc_rounds_vs_best_peer_c64"] == [] and out["mc_rounds_vs_best_peer_c64_median"] is None
+    assert out["mc_rounds_vs_floor_c64"] == [0.8, 0.8] and out["mc_rounds_vs_floor_c64_median"] == 0.8
