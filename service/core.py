@@ -26,7 +26,6 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -34,31 +33,17 @@ import numpy as np
 from .admission import Reservation
 from .auth import Authenticator, AuthError, current_key
 from .batching import BatchStats, MicroBatcher
-from .encode import argmax
 from .engine import Engine, resolve_device
 from .inference import MCResult
 from .mcbatch import MCScheduler
+from .mcoutcome import MCOutcome, summarise, to_cpu
 from .mcprocess import KernelProcess, KernelProcessError, wanted
 from .metrics import MCSummary, Metrics
-from .sets import SetAnswer, SetRequest, answer
+from .sets import SetRequest, answer
 
 log = logging.getLogger("service")
 T = TypeVar("T")
 SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63 (torch.Generator.manual_seed takes any 64-bit value)
-
-
-@dataclass(slots=True)
-class MCOutcome:
-    """One Monte Carlo request's answer, before any encoding: summaries on CPU and the input-check scores."""
-
-    result: MCResult
-    residuals: np.ndarray | None  # (B,) float64 input-check scores; None when the artifact has no check
-    n_samples: int
-    seed: int
-    seconds: float  # model time
-    queued_s: float = 0.0  # waiting for a worker thread (MCSERVE_MAX_CONCURRENCY) before the model ran
-    sets: SetAnswer | None = None  # prediction sets / abstention, when the request asked for them
-    summary: MCSummary | None = None  # what the metrics record of it, per image (class ids and flags too)
 
 
 class Core:
@@ -217,7 +202,7 @@ class Core:
         def finish(
             result: MCResult, residuals: np.ndarray | None, seconds: float, queued_s: float
         ) -> tuple[MCSummary, float, T]:
-            result = _to_cpu(result)
+            result = to_cpu(result)
             answered = None
             if conformal is not None and sets is not None:
                 probs = {"mc": result.mean_probs.numpy()}
@@ -225,7 +210,7 @@ class Core:
                     probs["eval"] = engine.predict_scored(x)[:, :-1]
                 answered = answer(conformal, sets, probs)
             outcome = MCOutcome(result, residuals, n_samples, seed, seconds, queued_s, answered)
-            summary = outcome.summary = _summarise(engine, outcome)
+            summary = outcome.summary = summarise(engine, outcome)
             return summary, seconds, encode(outcome)
 
         _, _, encoded = await self.mc.submit(x, n_samples, seed, protocol, finish, reservation)
@@ -256,52 +241,3 @@ class Core:
         if self._decoder is not None:
             self._decoder.shutdown(wait=False, cancel_futures=True)
             self._decoder = None
-
-
-def _to_cpu(result: MCResult) -> MCResult:
-    if result.on_cpu:
-        return result
-    return MCResult(
-        mean_probs=result.mean_probs.cpu(),
-        variance=result.variance.cpu(),
-        std=result.std.cpu(),
-        predictive_entropy=result.predictive_entropy.cpu(),
-        expected_entropy=result.expected_entropy.cpu(),
-        mutual_information=result.mutual_information.cpu(),
-        n_samples=result.n_samples,
-    )
-
-
-def outliers_of(engine: Engine, residuals: np.ndarray | None, n: int) -> list[bool | None]:
-    """Per image: the input check's verdict on its score, or None when the artifact has no check."""
-    check = engine.loaded.input_check
-    if residuals is None or check is None:
-        return [None] * n
-    limit = check.threshold
-    return [r > limit for r in residuals.tolist()]  # Python floats: each comparison is a bool
-
-
-def uncertain_flags(engine: Engine, mi: list[float], outliers: list[bool | None]) -> list[bool]:
-    """The one flag to act on: MI above the manifest's threshold, or an input outlier."""
-    threshold = engine.loaded.threshold
-    return [m > threshold or o is True for m, o in zip(mi, outliers, strict=True)]
-
-
-def _summarise(engine: Engine, outcome: MCOutcome) -> MCSummary:
-    lists = outcome.result.lists()
-    names = engine.loaded.class_names
-    mi = lists.mi
-    outliers = outliers_of(engine, outcome.residuals, len(mi))
-    uncertain = uncertain_flags(engine, mi, outliers)
-    class_ids = [argmax(mean) for mean in lists.mean]
-    return MCSummary(
-        labels=[names[i] for i in class_ids],
-        outliers=outliers,
-        predictive_entropy=lists.pe,
-        mutual_information=mi,
-        uncertain=uncertain,
-        n_samples=outcome.n_samples,
-        set_sizes=() if outcome.sets is None else outcome.sets.sizes,
-        abstained=0 if outcome.sets is None or outcome.sets.abstain is None else sum(outcome.sets.abstain),
-        class_ids=class_ids,
-    )

@@ -14,7 +14,7 @@ from .engine import LoadedModel
 from .inference import MCLists
 
 if TYPE_CHECKING:
-    from .core import MCOutcome
+    from .mcoutcome import MCOutcome
     from .metrics import MCSummary
     from .sets import SetAnswer
 

@@ -18,8 +18,9 @@ import numpy as np
 from mcnet.conformal import Conformal
 
 from ..admission import BIG_BODY_BYTES, Reservation
-from ..core import SEED_LIMIT, Core, MCOutcome, outliers_of, uncertain_flags
+from ..core import SEED_LIMIT, Core
 from ..errors import NotReadyError
+from ..mcoutcome import MCOutcome, outliers_of, uncertain_flags
 from ..sets import SetRequest, set_problem
 from .models import SET_OUTPUTS, ModelSpec, model_config, model_metadata, model_specs
 from .stats import ModelStats
